@@ -1,0 +1,82 @@
+"""One device and dtype policy for every model.
+
+CUDA, then MPS, then CPU when the choice is ``auto``.  Compute dtype: fp16
+or bf16 on GPUs, on the CPU bf16 where the CPU supports it, else fp32 — never
+fp16 compute on the CPU (about 100x slower there).  ``fp32`` is the reference
+mode that reproduces ComfyUI's CPU pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import LoomError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_supports_bf16() -> bool:
+    """True when bf16 matmuls run natively (oneDNN reports AVX512-BF16/AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name not in DEVICES:
+        raise LoomError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LoomError("--device cuda was asked for, but this PyTorch sees no CUDA GPU")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LoomError("--device mps was asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise LoomError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise LoomError("fp16 compute on the CPU is about 100x slower than fp32; use --precision bf16 or fp32")
+        if precision == "auto":
+            return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+        return _DTYPES[precision]
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    return _DTYPES[precision]
+
+
+@dataclass
+class DevicePolicy:
+    device: torch.device
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{self.device.type} {str(self.dtype).replace('torch.', '')}"
+
+
+_policy: DevicePolicy | None = None
+
+
+def configure(device: str = "auto", precision: str = "auto") -> DevicePolicy:
+    """Decide device and dtype once (CLI flags or editor settings)."""
+    global _policy
+    dev = resolve_device(device)
+    _policy = DevicePolicy(dev, resolve_dtype(dev, precision))
+    return _policy
+
+
+def policy() -> DevicePolicy:
+    return _policy or configure()
