@@ -128,7 +128,8 @@ class Executor:
             result.seeds = resolve_seeds(graph)
             if result.seeds:
                 emit(ev.SeedsResolved(result.seeds))
-        compiled, needed, problems = validate(graph, self.registry, targets)
+        plan = validate(graph, self.registry, targets)
+        compiled, needed, problems = plan
         if problems:
             result.status, result.problems = "invalid", problems
             result.seconds = time.perf_counter() - start
@@ -136,7 +137,7 @@ class Executor:
             return result
 
         targets = list(targets) if targets is not None else [n for n in needed if compiled[n].cls.OUTPUT_NODE]
-        order = _topological(compiled, needed)
+        order = list(nx.topological_sort(plan.dag))
         keys, stable = self._cache_keys(compiled, order)
         dirty = _descendants_of(compiled, order, set(force))
         eager = _eager_nodes(compiled, targets, order)
@@ -191,12 +192,11 @@ class Executor:
 
             def run_subgraph(src: str) -> None:
                 """Evaluate a lazily requested source and whatever it needs, in order."""
-                wanted = nx.ancestors(graph_nx, src) | {src}
+                wanted = nx.ancestors(plan.dag, src) | {src}
                 for node_id in order:
                     if node_id in wanted and node_id not in outputs:
                         evaluate(node_id)
 
-            graph_nx = _to_nx(compiled, order)
             for node_id in eager:
                 if node_id not in outputs:
                     evaluate(node_id)
@@ -275,21 +275,6 @@ class Executor:
 def _is_lazy(node: CompiledNode, name: str) -> bool:
     inp = node.cls.input(name)
     return bool(inp and inp.lazy)
-
-
-def _to_nx(compiled: dict[str, CompiledNode], nodes) -> nx.DiGraph:
-    g = nx.DiGraph()
-    g.add_nodes_from(nodes)
-    for node_id in nodes:
-        for _, ref in compiled[node_id].refs():
-            g.add_edge(ref.src, node_id)
-    return g
-
-
-def _topological(compiled: dict[str, CompiledNode], needed: list[str]) -> list[str]:
-    """A deterministic topological order (ties broken by the order nodes were needed)."""
-    rank = {n: i for i, n in enumerate(needed)}
-    return list(nx.lexicographical_topological_sort(_to_nx(compiled, needed), key=rank.__getitem__))
 
 
 def _eager_nodes(compiled: dict[str, CompiledNode], targets: list[str], order: list[str]) -> list[str]:

@@ -214,8 +214,22 @@ def coerce(inp: Input, value: Any) -> tuple[Any, str | None, str | None]:
     return value, None, None
 
 
-def validate(graph: Graph, registry: Registry, targets=None) -> tuple[dict[str, CompiledNode], list[str], list[Problem]]:
-    """Compile and validate; returns (compiled nodes with coerced literals, nodes to run, problems).
+@dataclass
+class Plan:
+    """What :func:`validate` found: the compiled nodes (literals coerced), the nodes
+    that would run (targets first), every problem, and the dependency graph."""
+
+    compiled: dict[str, CompiledNode]
+    needed: list[str]
+    problems: list[Problem]
+    dag: nx.DiGraph
+
+    def __iter__(self):  # compiled, needed, problems = validate(...)
+        return iter((self.compiled, self.needed, self.problems))
+
+
+def validate(graph: Graph, registry: Registry, targets=None) -> Plan:
+    """Compile and validate ``graph``.
 
     ``targets`` defaults to every output node.  Only the nodes that would run
     are validated, so a half-built branch elsewhere does not block a run.
@@ -234,8 +248,9 @@ def validate(graph: Graph, registry: Registry, targets=None) -> tuple[dict[str, 
 
     for node_id in needed:
         problems.extend(_validate_node(compiled[node_id], compiled, graph))
-    problems.extend(_cycles(compiled, needed))
-    return compiled, needed, problems
+    dag = dependency_graph(compiled, needed)
+    problems.extend(_cycles(compiled, dag))
+    return Plan(compiled, needed, problems, dag)
 
 
 def _validate_node(node: CompiledNode, compiled, graph: Graph) -> list[Problem]:
@@ -286,13 +301,16 @@ def _validate_node(node: CompiledNode, compiled, graph: Graph) -> list[Problem]:
     return out
 
 
-def _cycles(compiled, needed) -> list[Problem]:
+def dependency_graph(compiled: dict[str, CompiledNode], nodes) -> nx.DiGraph:
+    """Edges from each producer to its consumers, over ``nodes``."""
     g = nx.DiGraph()
-    g.add_nodes_from(needed)
-    for node_id in needed:
-        for _, ref in compiled[node_id].refs():
-            if ref.src in compiled:
-                g.add_edge(ref.src, node_id)
+    g.add_nodes_from(nodes)
+    g.add_edges_from((ref.src, node_id) for node_id in nodes for _, ref in compiled[node_id].refs()
+                     if ref.src in compiled)
+    return g
+
+
+def _cycles(compiled, g: nx.DiGraph) -> list[Problem]:
     problems = []
     for component in nx.strongly_connected_components(g):
         if len(component) > 1 or any(g.has_edge(n, n) for n in component):
