@@ -99,31 +99,47 @@ def input_types(node: GraphNode, registry: Registry) -> dict[str, str]:
     return {i.get("name"): i.get("type", "*") for i in node.extra.get("inputs", [])}
 
 
-def _resolve_source(graph: Graph, registry: Registry, src: str, slot: int, seen=()) -> tuple[str, int] | Const | None:
-    """Follow a link back through virtual and bypassed nodes; None if it leads nowhere."""
-    node = graph.nodes.get(src)
-    if node is None or node.mode == "muted" or src in seen:
-        return None
-    seen = (*seen, src)
-    cls = registry.get(node.type)
-    if cls is not None and cls.VIRTUAL:
-        resolved = cls.virtual_output(node, slot)
-        if resolved is None:
+def _resolve_source(graph: Graph, registry: Registry, src: str, slot: int) -> tuple[str, int] | Const | None:
+    """Follow a link back through virtual and bypassed nodes; None if it leads nowhere.
+
+    Iterative, so a chain of thousands of reroutes resolves without recursion.
+    """
+    seen = set()
+    while True:
+        node = graph.nodes.get(src)
+        if node is None or node.mode == "muted" or src in seen:
             return None
-        kind, target = resolved
-        return Const(target) if kind == "value" else _resolve_source(graph, registry, *target, seen)
-    if node.mode == "bypassed":
-        outs = output_types(node, registry)
-        wanted = outs[slot] if slot < len(outs) else "*"
-        ins = input_types(node, registry)
-        names = list(ins)
-        # Prefer the input at the same position, then the first input of the same type.
-        candidates = ([names[slot]] if slot < len(names) else []) + names
-        for name in candidates:
-            if name in node.links and types_compatible(ins[name], wanted):
-                return _resolve_source(graph, registry, *node.links[name], seen)
-        return None
-    return src, slot
+        seen.add(src)
+        cls = registry.get(node.type)
+        if cls is not None and cls.VIRTUAL:
+            resolved = cls.virtual_output(node, slot)
+            if resolved is None:
+                return None
+            kind, target = resolved
+            if kind == "value":
+                return Const(target)
+            src, slot = target
+        elif node.mode == "bypassed":
+            link = _bypass_input(node, slot, registry)
+            if link is None:
+                return None
+            src, slot = link
+        else:
+            return src, slot
+
+
+def _bypass_input(node: GraphNode, slot: int, registry: Registry) -> tuple[str, int] | None:
+    """The input a bypassed node passes to output ``slot``: the input at the same position if its
+    type matches, else the first linked input of that type (ComfyUI's frontend rule)."""
+    outs = output_types(node, registry)
+    wanted = outs[slot] if slot < len(outs) else "*"
+    ins = input_types(node, registry)
+    names = list(ins)
+    candidates = ([names[slot]] if slot < len(names) else []) + names
+    for name in candidates:
+        if name in node.links and types_compatible(ins[name], wanted):
+            return node.links[name]
+    return None
 
 
 def compile_graph(graph: Graph, registry: Registry) -> dict[str, CompiledNode]:
