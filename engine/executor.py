@@ -101,13 +101,24 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr, separators=(",", ":"))
 
 
+_default_cache: OutputCache | None = None
+
+
+def default_cache() -> OutputCache:
+    """The process-wide output cache: every run in this process (CLI or editor) shares it."""
+    global _default_cache
+    if _default_cache is None:
+        _default_cache = OutputCache()
+    return _default_cache
+
+
 class Executor:
     """Runs graphs; keeps the output cache between runs and across workflows."""
 
     def __init__(self, registry: Registry | None = None, cache: OutputCache | None = None,
                  paths: Paths | None = None):
         self.registry = registry or default_registry()
-        self.cache = cache if cache is not None else OutputCache()
+        self.cache = cache if cache is not None else default_cache()
         self.paths = paths or default_paths()
 
     def run(self, graph: Graph, *, targets=None, on_event: Callable[[ev.Event], None] | None = None,

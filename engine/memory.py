@@ -80,3 +80,93 @@ def configure(device: str = "auto", precision: str = "auto") -> DevicePolicy:
 
 def policy() -> DevicePolicy:
     return _policy or configure()
+
+
+# --- loaded models ------------------------------------------------------------------
+
+def module_nbytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def default_budget_bytes() -> int:
+    """Three quarters of the machine's RAM (or of the GPU's memory when models live there)."""
+    try:
+        import os
+
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 1024**3
+    if _policy is not None and _policy.device.type == "cuda":
+        ram = torch.cuda.get_device_properties(_policy.device).total_memory
+    return int(ram * 0.75)
+
+
+class ModelManager:
+    """Keeps loaded networks across runs and workflows; evicts the least recently used over budget.
+
+    Values in the output cache hold :class:`ModelRef` handles, not weights, so
+    evicting a network here really frees it; a later use reloads it from its file.
+    """
+
+    def __init__(self, budget_bytes: int | None = None):
+        from collections import OrderedDict
+
+        self.budget_bytes = budget_bytes
+        self._models: "OrderedDict[tuple, tuple[torch.nn.Module, int]]" = OrderedDict()
+        self.loads = 0
+        self.log: list[str] = []
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self._models.values())
+
+    def __contains__(self, key) -> bool:
+        return key in self._models
+
+    def get(self, key: tuple, load) -> torch.nn.Module:
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key][0]
+        module = load()
+        size = module_nbytes(module)
+        self.loads += 1
+        self._models[key] = (module, size)
+        self.log.append(f"loaded {key[0]} ({size / 2**20:.0f} MiB)")
+        self._evict(keep=key)
+        return module
+
+    def _evict(self, keep) -> None:
+        budget = self.budget_bytes if self.budget_bytes is not None else default_budget_bytes()
+        while self.bytes > budget and len(self._models) > 1:
+            oldest = next(iter(self._models))
+            if oldest == keep:
+                break
+            _, size = self._models.pop(oldest)
+            self.log.append(f"unloaded {oldest[0]} ({size / 2**20:.0f} MiB) to stay within the memory budget")
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+_manager: ModelManager | None = None
+
+
+def model_manager() -> ModelManager:
+    global _manager
+    if _manager is None:
+        _manager = ModelManager()
+    return _manager
+
+
+class ModelRef:
+    """A handle on one network: what it is and how to load it, not the weights themselves."""
+
+    def __init__(self, key: tuple, load):
+        self.key = key
+        self._load = load
+
+    def get(self) -> torch.nn.Module:
+        return model_manager().get(self.key, self._load)
+
+    def cache_nbytes(self) -> int:
+        return 0

@@ -132,10 +132,10 @@ def _bypass_input(node: GraphNode, slot: int, registry: Registry) -> tuple[str, 
     """The input a bypassed node passes to output ``slot``: the input at the same position if its
     type matches, else the first linked input of that type (ComfyUI's frontend rule)."""
     outs = output_types(node, registry)
-    wanted = outs[slot] if slot < len(outs) else "*"
+    wanted = outs[slot] if 0 <= slot < len(outs) else "*"
     ins = input_types(node, registry)
     names = list(ins)
-    candidates = ([names[slot]] if slot < len(names) else []) + names
+    candidates = ([names[slot]] if 0 <= slot < len(names) else []) + names
     for name in candidates:
         if name in node.links and types_compatible(ins[name], wanted):
             return node.links[name]

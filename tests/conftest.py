@@ -21,3 +21,13 @@ def loom_paths(tmp_path):
     paths_mod.set_default_paths(p)
     yield p
     paths_mod._default = previous
+
+
+@pytest.fixture(autouse=True)
+def fresh_output_cache():
+    """Each test starts with an empty process-wide output cache (runs within a test share it)."""
+    from engine import executor
+
+    executor._default_cache = None
+    yield
+    executor._default_cache = None
