@@ -20,6 +20,9 @@ TINY_SD1_UNET = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_block
 TINY_SD2_UNET = UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
                            transformer_depth_output=(1, 1, 1, 1), context_dim=64, num_heads=-1,
                            num_head_channels=64, use_linear_in_transformer=True)
+TINY_REFINER_UNET = UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(0, 1),
+                               transformer_depth_output=(0, 0, 1, 1), context_dim=64, num_heads=-1,
+                               num_head_channels=64, use_linear_in_transformer=True, adm_in_channels=64 + 5 * 256)
 TINY_SDXL_UNET = UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(0, 1),
                             transformer_depth_output=(0, 0, 1, 1), context_dim=128, num_heads=-1,
                             num_head_channels=64, use_linear_in_transformer=True, adm_in_channels=64 + 6 * 256)
@@ -60,7 +63,8 @@ def to_open_clip(sd: dict) -> dict:
 def make_checkpoint(path, family: str = "sd1", seed: int = 0, inpaint: bool = False, dtype=torch.float32) -> dict:
     """Write a tiny random checkpoint of ``family`` to ``path``; returns the state dict written."""
     g = torch.Generator().manual_seed(seed)
-    unet_config = {"sd1": TINY_SD1_UNET, "sd2": TINY_SD2_UNET, "sdxl": TINY_SDXL_UNET}[family]
+    unet_config = {"sd1": TINY_SD1_UNET, "sd2": TINY_SD2_UNET, "sdxl": TINY_SDXL_UNET,
+                   "sdxl_refiner": TINY_REFINER_UNET}[family]
     if inpaint:
         unet_config = UNetConfig(**{**unet_config.__dict__, "in_channels": 9})
     with torch.device("meta"):
@@ -75,6 +79,10 @@ def make_checkpoint(path, family: str = "sd1", seed: int = 0, inpaint: bool = Fa
         with torch.device("meta"):
             clip = CLIPTextModel(TINY_CLIP_G)
         sd.update({f"cond_stage_model.model.{k}": v for k, v in to_open_clip(_randomize(clip, g)).items()})
+    elif family == "sdxl_refiner":
+        with torch.device("meta"):
+            clip_g = CLIPTextModel(TINY_CLIP_G)
+        sd.update({f"conditioner.embedders.0.model.{k}": v for k, v in to_open_clip(_randomize(clip_g, g)).items()})
     else:
         with torch.device("meta"):
             clip_l, clip_g = CLIPTextModel(TINY_CLIP), CLIPTextModel(TINY_CLIP_G)
