@@ -327,6 +327,8 @@ def dependency_graph(compiled: dict[str, CompiledNode], nodes) -> nx.DiGraph:
 
 
 def _cycles(compiled, g: nx.DiGraph) -> list[Problem]:
+    if nx.is_directed_acyclic_graph(g):
+        return []
     problems = []
     for component in nx.strongly_connected_components(g):
         if len(component) > 1 or any(g.has_edge(n, n) for n in component):
