@@ -36,11 +36,15 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, image=None, **_):
-        """The file's sha256, so editing the image on disk re-runs the node."""
-        try:
-            return hashlib.sha256(default_paths().find_input(image).read_bytes()).hexdigest()
-        except (LoomError, OSError):
-            return None
+        return input_file_hash(image)
+
+
+def input_file_hash(name):
+    """An input file's sha256, so editing the image on disk re-runs the nodes that read it."""
+    try:
+        return hashlib.sha256(default_paths().find_input(name).read_bytes()).hexdigest()
+    except (LoomError, OSError):
+        return None
 
 
 _TOKEN = re.compile(r"%([^%]+)%")

@@ -1,16 +1,13 @@
 """Mask nodes (ComfyUI's names and inputs).  A MASK is ``[B,H,W]`` float, 1 = change this pixel."""
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from engine import imageops
 from engine.errors import LoomError
-from engine.paths import default_paths
 from engine.schema import Input, Node, Output
 
-from .image import MAX_RESOLUTION, _input_files
+from .image import MAX_RESOLUTION, _input_files, input_file_hash
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2, "alpha": 3}
 
@@ -29,10 +26,7 @@ class LoadImageMask(Node):
 
     @classmethod
     def fingerprint(cls, image=None, **_):
-        try:
-            return hashlib.sha256(default_paths().find_input(image).read_bytes()).hexdigest()
-        except (LoomError, OSError):
-            return None
+        return input_file_hash(image)
 
 
 class SolidMask(Node):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.sampling import SAMPLERS, SCHEDULERS, calculate_sigmas, ksampler_sigmas
+from engine.sampling import SAMPLERS, SCHEDULERS, ksampler_sigmas
 from engine.sampling.ksampler import sample
 from engine.schema import Input, Node, Output
 

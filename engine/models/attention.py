@@ -6,7 +6,6 @@ Parameterless placeholders (`nn.Identity`) sit where the original had dropout, k
 the numeric indices of the keys that follow them.
 """
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
