@@ -322,3 +322,62 @@ def test_callback_reports_every_step_and_can_cancel(name):
     with pytest.raises(Cancelled):
         run(name, counted, x, sigmas, extra_args={"seed": 1}, callback=cancel)
     assert len(calls) < len(sigmas) * 3
+
+
+# --- a Gaussian mixture with a closed-form denoiser (theory.md §3.1) -----------------------------
+
+WEIGHTS, MEANS, STDS = (0.4, 0.6), (-1.0, 1.5), (0.3, 0.5)
+
+
+def mixture_denoiser(x, sigma, **extra_args):
+    """E[x0 | x0 + sigma eps = x] for x0 ~ sum_k w_k N(m_k, s_k²), elementwise: the posterior weights
+    of the components times each component's Gaussian posterior mean."""
+    x = x.double()
+    s2 = sigma.view(-1, 1, 1, 1).double() ** 2
+    logs, means = [], []
+    for w, m, s in zip(WEIGHTS, MEANS, STDS):
+        var = s ** 2 + s2
+        logs.append(math.log(w) - 0.5 * torch.log(var) - 0.5 * (x - m) ** 2 / var)
+        means.append(m + s ** 2 / var * (x - m))
+    post = torch.softmax(torch.stack(logs), dim=0)
+    return (post * torch.stack(means)).sum(0).float()
+
+
+def mixture_moments():
+    mean = sum(w * m for w, m in zip(WEIGHTS, MEANS))
+    second = sum(w * (s ** 2 + m ** 2) for w, m, s in zip(WEIGHTS, MEANS, STDS))
+    return mean, math.sqrt(second - mean ** 2)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "uni_pc", "euler_ancestral", "dpmpp_2m_sde"])
+def test_samplers_reproduce_a_gaussian_mixture(name):
+    sigmas = karras_sigmas(60, 0.01, 20.0)
+    torch.manual_seed(8)
+    mean, std = mixture_moments()
+    x = torch.randn(1, 1, 128, 128) * math.sqrt(std ** 2 + 400) + mean
+    out = run(name, mixture_denoiser, x, sigmas, extra_args={"seed": 3})
+    assert out.mean().item() == pytest.approx(mean, abs=0.03)
+    assert out.std().item() == pytest.approx(std, rel=0.03)
+    # both modes are there in the right proportion
+    assert (out < 0.25).float().mean().item() == pytest.approx(WEIGHTS[0], abs=0.03)
+
+
+def test_ddim_step_equals_dpm_solver_1_and_euler():
+    """DDIM (eta 0) in VP form, DPM-Solver-1 and Euler in VE form are one update (theory.md §4)."""
+    torch.manual_seed(9)
+    sigma_s, sigma_t = torch.tensor([2.0]), torch.tensor([0.7])
+    x = torch.randn(1, 1, 16, 16) * 2.0
+    x0 = mixture_denoiser(x, sigma_s)
+    # DDIM in VP coordinates: z = x / sqrt(1 + sigma²), alpha_bar = 1 / (1 + sigma²)
+    ab_s, ab_t = 1 / (1 + sigma_s ** 2), 1 / (1 + sigma_t ** 2)
+    z_s = x * ab_s.sqrt()
+    eps = (z_s - ab_s.sqrt() * x0) / (1 - ab_s).sqrt()
+    ddim = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    # DPM-Solver-1 (noise prediction, log-SNR step h): x_t = x_s - sigma_t (e^h - 1) eps, alpha = 1 in VE
+    h = torch.log(sigma_s / sigma_t)
+    dpm1 = x - sigma_t * (torch.exp(h) - 1) * (x - x0) / sigma_s
+    euler = run("euler", mixture_denoiser, x, torch.cat([sigma_s, sigma_t]))
+    first_order_2m = run("dpmpp_2m", mixture_denoiser, x, torch.cat([sigma_s, sigma_t]))
+    assert torch.allclose(ddim, euler, atol=1e-5)
+    assert torch.allclose(dpm1, euler, atol=1e-5)
+    assert torch.allclose(first_order_2m, euler, atol=1e-5)

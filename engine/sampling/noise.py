@@ -8,6 +8,8 @@
   seeded as ComfyUI seeds it), consistent across queries of nested intervals.
 """
 
+import warnings
+
 import torch
 
 
@@ -75,5 +77,7 @@ class BrownianTreeNoiseSampler:
     def __call__(self, sigma, sigma_next):
         t0, t1 = torch.as_tensor(sigma).cpu().float(), torch.as_tensor(sigma_next).cpu().float()
         t0, t1, sign = (t0, t1, 1.0) if t0 < t1 else (t1, t0, -1.0)
-        w = self.tree(t0, t1).to(self.device, self.dtype) * (self.sign * sign)
+        with warnings.catch_warnings():  # float32 queries at the interval ends trip torchsde's range check
+            warnings.filterwarnings("ignore", message="Should have", module="torchsde")
+            w = self.tree(t0, t1).to(self.device, self.dtype) * (self.sign * sign)
         return w / (t1 - t0).abs().sqrt().to(self.device)
