@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     run.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                      help="fp32 reproduces ComfyUI's CPU pixels")
+    run.add_argument("--memory-budget", type=float, metavar="GB",
+                     help="keep loaded models within this many GB (default: 3/4 of RAM, or of VRAM on a GPU)")
     run.add_argument("--events", choices=("text", "json"), default="text",
                      help="json: one JSON event per line on stdout")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the output cache")
@@ -146,6 +148,10 @@ def cmd_run(args) -> int:
         graph, registry = load(args.file)
         apply_overrides(graph, args.set)
         policy = memory.configure(args.device, args.precision)
+        if args.memory_budget is not None:
+            if args.memory_budget <= 0:
+                raise LoomError(f"--memory-budget must be positive, not {args.memory_budget}")
+            memory.model_manager().budget_bytes = int(args.memory_budget * 2**30)
     except LoomError as exc:
         _report_fatal(exc, json_events)
         return EXIT_INVALID
@@ -164,6 +170,10 @@ def cmd_run(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     printer.summary(result)
+    if not json_events:
+        for line in memory.model_manager().log:
+            print(f"  memory: {line}", file=sys.stderr)
+        memory.model_manager().log.clear()
     if result.status == "invalid":
         return EXIT_INVALID
     if result.status == "error":
