@@ -254,6 +254,8 @@ class ProgressPrinter:
                         if not self.tty else "  " + event.traceback.strip().splitlines()[-1])
 
     def _progress(self, event: ev.NodeProgress) -> None:
+        if event.text:  # a message from the node (tiles, unmatched LoRA keys ...) is always shown
+            self._write(f"  {self._title(event.node_id)}: {event.text}")
         percent = int(event.fraction * 100)
         if self.tty:
             bar = "#" * (percent // 4) + "-" * (25 - percent // 4)
