@@ -136,3 +136,24 @@ def test_ctrl_c_cancels_cleanly(tmp_path):
     assert proc.returncode == 130, "".join(lines) + rest
     assert "cancelled" in rest
     assert not list(tmp_path.glob("never*.png"))
+
+
+def test_progress_printer_shows_node_messages_and_plain_lines_off_a_tty():
+    import io
+
+    from engine import events as ev
+    from engine.cli import ProgressPrinter
+
+    g = Graph()
+    g.add_node("VAEDecode", id="8", title="Decode")
+    stream = io.StringIO()
+    printer = ProgressPrinter(g, stream)
+    printer(ev.RunStarted(nodes=["8"], cached=[]))
+    printer(ev.NodeStarted("8", "VAEDecode", "Decode"))
+    printer(ev.NodeProgress("8", 0.0, text="out of memory decoding in one piece; decoding in 512 px tiles instead"))
+    printer(ev.NodeProgress("8", 1.0))
+    printer(ev.NodeFinished("8", 0.5))
+    out = stream.getvalue()
+    assert "#8 Decode: out of memory decoding in one piece; decoding in 512 px tiles instead" in out
+    assert "#8 Decode 100%" in out and "[1/1] #8 Decode 0.50s" in out
+    assert "\r" not in out  # no terminal control codes when not writing to a terminal
