@@ -76,6 +76,8 @@ class MainWindow(QMainWindow):
         except LoomError as exc:
             self.show_message(f"{exc}; using automatic device choice")
             memory.configure()
+        budget = self.settings.model_budget_gb
+        memory.model_manager().budget_bytes = int(budget * 1024**3) if budget > 0 else None
 
     # --- construction ----------------------------------------------------------------------
     def _build_panels(self) -> None:

@@ -40,6 +40,7 @@ class Settings:
     cache_gb: float = 4.0
     model_dirs: list[tuple[str, str]] = field(default_factory=list)   # (kind, folder)
     autosave_seconds: int = 30
+    model_budget_gb: float = 0.0  # loaded-model memory budget; 0 = automatic (3/4 of RAM or VRAM)
 
     @classmethod
     def load(cls, store: QSettings) -> "Settings":
@@ -49,13 +50,14 @@ class Settings:
         s.precision = str(store.value("precision", s.precision))
         s.cache_gb = float(store.value("cache_gb", s.cache_gb))
         s.autosave_seconds = int(store.value("autosave_seconds", s.autosave_seconds))
+        s.model_budget_gb = float(store.value("model_budget_gb", s.model_budget_gb))
         raw = store.value("model_dirs", [])
         raw = [raw] if isinstance(raw, str) else list(raw or [])
         s.model_dirs = [tuple(item.split("=", 1)) for item in raw if "=" in item]
         return s
 
     def save(self, store: QSettings) -> None:
-        for key in ("theme", "device", "precision", "cache_gb", "autosave_seconds"):
+        for key in ("theme", "device", "precision", "cache_gb", "autosave_seconds", "model_budget_gb"):
             store.setValue(key, getattr(self, key))
         store.setValue("model_dirs", [f"{k}={d}" for k, d in self.model_dirs])
 
@@ -90,7 +92,13 @@ class SettingsDialog(QDialog):
         form.addRow("Theme", self.theme)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
+        self.models = QDoubleSpinBox()
+        self.models.setRange(0.0, 1024.0)
+        self.models.setSuffix(" GB")
+        self.models.setSpecialValueText("automatic")
+        self.models.setValue(settings.model_budget_gb)
         form.addRow("Output cache budget", self.cache)
+        form.addRow("Loaded models budget", self.models)
         self.folders = QListWidget()
         for kind, folder in settings.model_dirs:
             self.folders.addItem(f"{kind}: {folder}")
@@ -137,7 +145,7 @@ class SettingsDialog(QDialog):
     def result_settings(self) -> Settings:
         dirs = [tuple(self.folders.item(i).text().split(": ", 1)) for i in range(self.folders.count())]
         return Settings(self.theme.currentText(), self.device.currentText(), self.precision.currentText(),
-                        self.cache.value(), dirs, self.settings.autosave_seconds)
+                        self.cache.value(), dirs, self.settings.autosave_seconds, self.models.value())
 
 
 class ShortcutsDialog(QDialog):

@@ -27,7 +27,7 @@ def test_settings_persist_and_apply(window, tmp_path, loom_paths):
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "model.safetensors").write_bytes(b"x")
     settings = Settings(theme="light", device="cpu", precision="fp32", cache_gb=0.5,
-                        model_dirs=[("checkpoints", str(folder))])
+                        model_dirs=[("checkpoints", str(folder))], model_budget_gb=3.0)
     window.apply_settings(settings)
     assert Settings.load(config_settings(window.config_dir)) == settings
     assert loom_paths.list_models("checkpoints") == ["sub/model.safetensors"]
@@ -35,7 +35,9 @@ def test_settings_persist_and_apply(window, tmp_path, loom_paths):
     assert not theme.PALETTE.dark
     from engine import memory
     assert memory.policy().describe() == "cpu float32"
+    assert memory.model_manager().budget_bytes == 3 * 1024**3
     window.apply_settings(Settings())
+    assert memory.model_manager().budget_bytes is None
     assert theme.PALETTE.dark
 
 
