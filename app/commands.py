@@ -192,16 +192,8 @@ class MoveItems(QUndoCommand):
 
 
 def set_group(graph: Graph, group: Group, **attrs) -> dict:
-    """Change a group's title, bounding or colour in place and tell the listeners.
-
-    ``Graph`` has no ``update_group`` yet; this is the one place that emits
-    for it.
-    """
-    old = {key: getattr(group, key) for key in attrs}
-    for key, value in attrs.items():
-        setattr(group, key, value)
-    graph._emit("group_changed", None, group)
-    return old
+    """Change a group's title, bounding or colour through the model (returns the old values)."""
+    return graph.update_group(group, **attrs)
 
 
 class AddGroup(QUndoCommand):

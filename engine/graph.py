@@ -167,6 +167,17 @@ class Graph:
         self._emit("group_changed", None, group)
         return group
 
+    def update_group(self, group: Group, **attrs) -> dict[str, Any]:
+        """Change a group's title, bounding or colour; returns the old values (for undo)."""
+        old = {}
+        for key, value in attrs.items():
+            if key not in ("title", "bounding", "color"):
+                raise AttributeError(f"cannot set {key!r} on a group")
+            old[key] = getattr(group, key)
+            setattr(group, key, value)
+        self._emit("group_changed", None, group)
+        return old
+
     def remove_group(self, group: Group) -> None:
         self.groups.remove(group)
         self._emit("group_changed", None, group)
