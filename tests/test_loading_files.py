@@ -58,6 +58,13 @@ def test_plain_ckpt_loads_and_lightning_nesting_is_unwrapped(tmp_path):
     assert torch.equal(loaded["0.weight"], sd["0.weight"])
 
 
+@pytest.mark.parametrize("wrap", ["params_ema", "params", "anything"])
+def test_basicsr_style_nesting_is_unwrapped(tmp_path, wrap):
+    sd = small_model().state_dict()
+    torch.save({wrap: sd}, tmp_path / "m.pth")
+    assert sorted(load_state_dict(tmp_path / "m.pth")) == sorted(sd)
+
+
 def test_pickled_code_is_refused_never_run(tmp_path):
     if os.path.exists("/tmp/loom_pwned"):
         os.remove("/tmp/loom_pwned")

@@ -141,14 +141,31 @@ def _open_pickle(path: Path) -> StateDict:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise WeightsFileError(f"{path.name} is not a readable PyTorch weights file (corrupt or truncated?): "
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]  # Lightning checkpoints nest the weights
+    data = _unwrap(data)
     if not isinstance(data, dict):
         raise WeightsFileError(f"{path.name} holds a {type(data).__name__}, not a dictionary of weights")
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsFileError(f"{path.name} holds no tensors")
     return StateDict(_InMemory(tensors), list(tensors), {}, path)
+
+
+def _unwrap(data):
+    """The weights inside common containers: Lightning's ``state_dict``, BasicSR's ``params_ema`` /
+    ``params`` (ESRGAN releases), or any dict holding a single dict."""
+    for _ in range(3):
+        if not isinstance(data, dict):
+            return data
+        for key in ("state_dict", "params_ema", "params"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+        else:
+            if len(data) == 1 and isinstance(next(iter(data.values())), dict):
+                data = next(iter(data.values()))
+            else:
+                return data
+    return data
 
 
 def from_tensors(tensors: dict[str, torch.Tensor]) -> StateDict:
