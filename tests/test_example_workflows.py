@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+import torch
+from PIL import Image
+
 from engine import memory
 from engine.executor import Executor
 from engine.registry import Registry
@@ -12,6 +15,7 @@ from tests.sd_fixtures import make_checkpoint
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 # Make each run small: value overrides per node type (sizes in pixels, steps).
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2},
+         "LatentUpscale": {"width": 96, "height": 96},
          "BasicScheduler": {"steps": 4}, "SplitSigmas": {"step": 2},
          "ConditioningSetArea": {"width": 64, "height": 64}}
 
@@ -27,6 +31,37 @@ def registry():
     return r
 
 
+def folder(paths, kind):
+    path = paths.base / "models" / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def provide_models(graph, paths):
+    """Tiny files under every model and image name the workflow asks for (checkpoints first)."""
+    from tests.test_controlnet import controlnet_weights, example_image, save_controlnet
+    from tests.test_lora import write_example_lora
+    from tests.test_upscale import realesrgan_state_dict
+
+    unet = checkpoint = None
+    for node in sorted(graph.nodes.values(), key=lambda n: "ckpt_name" not in n.values):
+        values = node.values
+        if "ckpt_name" in values:
+            written = make_checkpoint(folder(paths, "checkpoints") / values["ckpt_name"], family_of(values["ckpt_name"]),
+                                      inpaint="inpaint" in values["ckpt_name"])
+            prefix = "model.diffusion_model."
+            checkpoint = checkpoint or written
+            unet = unet or {k[len(prefix):]: v for k, v in written.items() if k.startswith(prefix)}
+        if "lora_name" in values:
+            write_example_lora(folder(paths, "loras") / values["lora_name"], checkpoint)
+        if "control_net_name" in values:
+            save_controlnet(folder(paths, "controlnet") / values["control_net_name"], controlnet_weights(unet, seed=1))
+        if "model_name" in values and node.type == "UpscaleModelLoader":
+            torch.save(realesrgan_state_dict(), folder(paths, "upscale_models") / values["model_name"])
+        if node.type in ("LoadImage", "LoadImageMask"):
+            Image.fromarray(example_image()).save(paths.input_dir / values["image"])
+
+
 def test_there_are_example_workflows():
     assert len(WORKFLOWS) >= 5
 
@@ -35,12 +70,8 @@ def test_there_are_example_workflows():
 def test_example_workflow_runs(path, registry, loom_paths):
     memory.configure("cpu", "fp32")
     graph = load_workflow(path, registry).graph
-    checkpoints = loom_paths.base / "models" / "checkpoints"
-    checkpoints.mkdir(parents=True)
+    provide_models(graph, loom_paths)
     for node in graph.nodes.values():
-        if "ckpt_name" in node.values:
-            name = node.values["ckpt_name"]
-            make_checkpoint(checkpoints / name, family_of(name))
         for key, value in SMALL.get(node.type, {}).items():
             graph.set_value(node.id, key, value)
         if node.type == "ConditioningSetArea":

@@ -33,6 +33,7 @@ from ..sampling.schedules import DiscreteSchedule
 from ..sd.model import SD15_LATENT, SDXL_LATENT, DiffusionModel
 from ..sd.text_encoder import SD1_L, SD2_H, SDXL_G, SDXL_L, TextEncoder
 from ..sd.vae import VAE
+from .embeddings import EmbeddingLibrary
 from .files import StateDict, WeightsFileError, load_into, load_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
@@ -158,7 +159,7 @@ def _load_text_encoders(path: Path, sd: StateDict, family: str, device, dtype) -
         ref = memory.ModelRef(_key(path, f"clip_{spec.name}", dtype, device),
                               _build_clip(config, view, layout, dtype, device))
         encoders.append((spec, _LazyCLIP(ref, config)))
-    return TextEncoder(encoders, device, dtype)
+    return TextEncoder(encoders, device, dtype, embeddings=EmbeddingLibrary())
 
 
 def _build_clip(config, view, layout, dtype, device):
@@ -173,6 +174,9 @@ class _LazyCLIP:
     def __init__(self, ref: memory.ModelRef, config):
         self.ref = ref
         self.config = config
+
+    def network(self) -> CLIPTextModel:
+        return self.ref.get()
 
     def __getattr__(self, name):
         return getattr(self.ref.get(), name)

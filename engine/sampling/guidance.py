@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.unet import sdxl_adm, sdxl_refiner_adm
+from ..sd.control import control_to_uncond
 
 AREA_FUZZ = 8  # latent px of linear feather at an area's inner edges
 BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)  # a black image in SD's latent space (ComfyUI)
@@ -93,6 +94,7 @@ class CFGDenoiser:
         hw = tuple(latent_shape[-2:])
         self.sides = [self._prepare(positive, hw, "positive", concat_latent, concat_mask)]
         if not self.skip_uncond:
+            negative = control_to_uncond(positive, negative)  # the old ControlNetApply guides the uncond too
             self.sides.append(self._prepare(negative, hw, "negative", concat_latent, concat_mask))
 
     def _prepare(self, conds, hw, prompt_type, concat_latent, concat_mask) -> list[_Prepared]:
@@ -197,7 +199,8 @@ class CFGDenoiser:
         control = group[0][1].control  # a batch shares one ControlNet chain (see _batches)
         if control is None:
             return None
-        return control.get_control(x_in, sigma_in, context, torch.cat(ys) if ys else None, self)
+        return control.get_control(x_in, sigma_in, context, torch.cat(ys) if ys else None, self,
+                                   batched_number=len(group))
 
     def _combine(self, x, sigma, cond, uncond):
         if uncond is None:

@@ -2,7 +2,9 @@
 
 It holds a :class:`~engine.memory.ModelRef`, not the weights, and an
 ``options`` dict of patches (CFG functions, denoise-mask functions) that node
-such as RescaleCFG set on a clone, leaving the shared weights alone.
+such as RescaleCFG set on a clone, leaving the shared weights alone.  Weight
+patches (LoRA) are a tuple of (PatchSet, strength) applied to the shared
+network in place when it is fetched (:mod:`engine.sd.patching`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from ..memory import ModelRef
 from ..models.unet import UNetConfig
 from ..sampling.denoiser import PREDICTIONS
+from .patching import PatchSet, Patches, apply_patches
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class DiffusionModel:
     device: torch.device
     dtype: torch.dtype
     options: dict = field(default_factory=dict)
+    patches: Patches = ()
 
     @property
     def prediction(self):
@@ -72,7 +76,13 @@ class DiffusionModel:
         return self.config.in_channels > self.latent_format.channels
 
     def network(self):
-        return self.unet.get()
+        """The shared UNet holding exactly this handle's weight patches (runs are sequential)."""
+        return apply_patches(self.unet.get(), self.patches)
+
+    def with_patches(self, patch_set: PatchSet, strength: float) -> "DiffusionModel":
+        clone = self.clone()
+        clone.patches = self.patches + ((patch_set, float(strength)),)
+        return clone
 
     def clone(self) -> "DiffusionModel":
         other = copy.copy(self)

@@ -5,6 +5,11 @@ encoded; when any weight differs from 1, an empty prompt is encoded too and a
 weighted token becomes ``(z − z_empty)·w + z_empty``.  SDXL concatenates the
 CLIP-L and bigG hidden states along the feature axis and takes the pooled
 output from bigG.
+
+Textual-inversion embeddings come from ``embeddings(name, key, width)``: ``key``
+names the encoder's vectors in SDXL files (``clip_l``, ``clip_g``; ``clip_h`` for
+SD2). Weight patches (LoRA) are kept per encoder and applied to the shared
+network when it runs (:mod:`engine.sd.patching`).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 
 from ..models.clip import CLIPTextModel
 from ..text import CLIPTokenizer, EmbeddingToken, tokenize_with_weights
+from .patching import PatchSet, Patches, apply_patches
 
 
 @dataclass(frozen=True)
@@ -41,14 +47,21 @@ class TextEncoder:
         self.encoders = encoders
         self.device = device
         self.dtype = dtype
-        self.embeddings = embeddings  # callable name -> tensor | None (textual inversion)
+        self.embeddings = embeddings  # callable (name, key, width) -> tensor | None (textual inversion)
         self.tokenizer = CLIPTokenizer.default()
+        self.patches: dict[str, Patches] = {}  # encoder name -> weight patches
 
     def cache_nbytes(self) -> int:
         return 0  # weights are accounted for by the model manager
 
     def clone(self) -> "TextEncoder":
         return copy.copy(self)
+
+    def with_patches(self, name: str, patch_set: PatchSet, strength: float) -> "TextEncoder":
+        """A clone whose encoder ``name`` ("l", "h", "g") also carries ``patch_set`` at ``strength``."""
+        clone = self.clone()
+        clone.patches = {**self.patches, name: self.patches.get(name, ()) + ((patch_set, float(strength)),)}
+        return clone
 
     def set_last_layer(self, stop_at: int) -> "TextEncoder":
         """CLIPSetLastLayer: read layer ``stop_at`` (−1 = last, −2 = "clip skip 2") of every encoder."""
@@ -60,8 +73,14 @@ class TextEncoder:
         return clone
 
     # --- encoding ----------------------------------------------------------
-    def tokenize(self, text: str, pad_token: int):
-        return tokenize_with_weights(text, self.tokenizer, pad_token=pad_token, embeddings=self.embeddings)
+    def tokenize(self, text: str, pad_token: int, embeddings=None):
+        return tokenize_with_weights(text, self.tokenizer, pad_token=pad_token, embeddings=embeddings)
+
+    def _embeddings_for(self, spec: EncoderSpec, model):
+        """The name -> vectors lookup of one encoder, or None when there are no embeddings."""
+        if self.embeddings is None:
+            return None
+        return lambda name: self.embeddings(name, f"clip_{spec.name}", model.config.width)
 
     @torch.inference_mode()
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -72,7 +91,8 @@ class TextEncoder:
     def encode_pair(self, **texts: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One prompt per encoder by name (SDXL: ``l`` and ``g``); a shorter token list is padded with
         empty-prompt chunks so both encoders give the same length (ComfyUI's CLIPTextEncodeSDXL)."""
-        tokenized = [self.tokenize(texts.get(spec.name, ""), spec.pad_token) for spec, _ in self.encoders]
+        tokenized = [self.tokenize(texts.get(spec.name, ""), spec.pad_token, self._embeddings_for(spec, model))
+                     for spec, model in self.encoders]
         longest = max(len(chunks) for chunks in tokenized)
         outputs, pooled = [], None
         for (spec, model), chunks in zip(self.encoders, tokenized):
@@ -99,6 +119,9 @@ class TextEncoder:
         return hidden, pooled[0:1]
 
     def _run(self, spec: EncoderSpec, model: CLIPTextModel, sequences):
+        if hasattr(type(model), "network"):  # checkpoint.py's lazy stand-in
+            model = model.network()
+        model = apply_patches(model, self.patches.get(spec.name, ()))  # runs are sequential: one worker thread
         ids = torch.tensor([[t if isinstance(t, int) else 0 for t in seq] for seq in sequences], device=self.device)
         embeds = model.embed_tokens(ids).to(self.dtype)
         replaced = False
