@@ -24,10 +24,13 @@ def loom_paths(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def fresh_output_cache():
-    """Each test starts with an empty process-wide output cache (runs within a test share it)."""
-    from engine import executor
+def fresh_caches():
+    """Each test starts with an empty output cache and model manager (default budget); runs within
+    a test share them, as runs in one Loom process do."""
+    from engine import executor, memory
 
     executor._default_cache = None
+    memory._manager = None
     yield
     executor._default_cache = None
+    memory._manager = None
