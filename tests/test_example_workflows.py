@@ -15,7 +15,8 @@ from tests.sd_fixtures import make_checkpoint
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 # Make each run small: value overrides per node type (sizes in pixels, steps).
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2},
-         "LatentUpscale": {"width": 96, "height": 96},
+         "LatentUpscale": {"width": 96, "height": 96}, "InpaintCrop": {"width": 64, "height": 64},
+         "ImagePadForOutpaint": {"right": 16}, "SDEdit": {"steps": 2},
          "BasicScheduler": {"steps": 4}, "SplitSigmas": {"step": 2},
          "ConditioningSetArea": {"width": 64, "height": 64}}
 
