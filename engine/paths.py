@@ -65,8 +65,9 @@ class Paths:
         """The file for a combo value; a clear error listing the folders searched."""
         roots = self.model_dirs.get(KIND_ALIASES.get(kind, kind), [])
         for root in roots:
-            candidate = (root / name).resolve()
-            if candidate.is_file() and _inside(candidate, root.resolve()):
+            # Refuse "../" escapes on the written path, but follow symlinks (users link big models in).
+            candidate = Path(os.path.normpath(root / name))
+            if _inside(candidate, Path(os.path.normpath(root))) and candidate.is_file():
                 return candidate
         searched = ", ".join(str(r) for r in roots) or "(no folders configured)"
         available = self.list_models(kind)

@@ -135,13 +135,19 @@ def test_model_folders_and_extra_model_paths_yaml(tmp_path):
     paths.load_extra_model_paths(yaml_file)
     assert paths.list_models("checkpoints") == ["local.safetensors", "old.ckpt", "sd15/dream.safetensors"]
     assert paths.list_models("loras") == ["loha.safetensors", "style.safetensors"]
-    assert paths.find_model("checkpoints", "sd15/dream.safetensors") == \
+    assert paths.find_model("checkpoints", "sd15/dream.safetensors").resolve() == \
         (comfy / "models" / "checkpoints" / "sd15" / "dream.safetensors").resolve()
     assert comfy / "models" / "unet" in paths.model_dirs["diffusion_models"]
     with pytest.raises(LoomError, match="not found.*Available: local.safetensors"):
         paths.find_model("checkpoints", "missing.safetensors")
     with pytest.raises(LoomError):
         paths.find_model("checkpoints", "../../../etc/passwd")
+    # a symlink to a file elsewhere (a shared model store) is listed and found
+    (paths.base / "models" / "checkpoints" / "linked.safetensors").symlink_to(
+        comfy / "models" / "checkpoints" / "sd15" / "dream.safetensors")
+    assert "linked.safetensors" in paths.list_models("checkpoints")
+    assert paths.find_model("checkpoints", "linked.safetensors").resolve() == \
+        (comfy / "models" / "checkpoints" / "sd15" / "dream.safetensors").resolve()
 
 
 def test_bad_yaml_is_a_clear_error(tmp_path):
