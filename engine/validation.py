@@ -226,7 +226,8 @@ def coerce(inp: Input, value: Any) -> tuple[Any, str | None, str | None]:
         if value not in options:
             shown = ", ".join(options[:20]) + (f" … ({len(options)} in all)" if len(options) > 20 else "")
             return value, NOT_IN_OPTIONS, (f"{value!r} is not one of: {shown}" if options
-                                           else f"{value!r} is not available (there are no choices)")
+                                           else f"{value!r} is not available: there are no choices "
+                                                f"(model files go in models/<kind>/, input images in input/)")
     return value, None, None
 
 
