@@ -109,11 +109,17 @@ def _key(path: Path, part: str, dtype: torch.dtype, device: torch.device) -> tup
     return (f"{path.name}:{part}", str(path), stat.st_size, stat.st_mtime_ns, str(dtype), str(device))
 
 
-def _build(cls, config, sd, dtype, device):
+def _reopen(path: Path, prefix: str):
+    """The weights under ``prefix`` from a fresh handle, so nothing stays mapped once a network is loaded."""
+    return lambda: load_state_dict(path).view(prefix)
+
+
+def _build(cls, config, source, dtype, device):
+    """A loader for ModelRef: build ``cls`` on the meta device and fill it from ``source()``."""
     def load():
         with torch.device("meta"):
             module = cls(config)
-        load_into(module, sd, dtype=dtype, device=device)
+        load_into(module, source(), dtype=dtype, device=device)
         return module.eval().requires_grad_(False)
     return load
 
@@ -138,14 +144,16 @@ def load_checkpoint(path, output_vae: bool = True, output_clip: bool = True) -> 
 
     model = DiffusionModel(
         family=family,
-        unet=memory.ModelRef(_key(path, "unet", dtype, device), _build(UNetModel, config, unet_sd, dtype, device)),
+        unet=memory.ModelRef(_key(path, "unet", dtype, device),
+                             _build(UNetModel, config, _reopen(path, UNET_PREFIX), dtype, device)),
         config=config,
         prediction_type=prediction_type(sd, family, config),
         schedule=DiscreteSchedule(),
         latent_format=SDXL_LATENT if family.startswith("sdxl") else SD15_LATENT,
         device=device, dtype=dtype)
     clip = _load_text_encoders(path, sd, family, device, dtype) if output_clip else None
-    vae = _load_vae(path, sd.view(VAE_PREFIX), device, dtype) if output_vae and sd.count(VAE_PREFIX) else None
+    vae = (_load_vae(path, sd.view(VAE_PREFIX), device, dtype, _reopen(path, VAE_PREFIX))
+           if output_vae and sd.count(VAE_PREFIX) else None)
     return Checkpoint(family, model, clip, vae)
 
 
@@ -157,15 +165,13 @@ def _load_text_encoders(path: Path, sd: StateDict, family: str, device, dtype) -
         view = sd.view(prefix)
         config = detect_clip_config(ShapeView(view), layout)
         ref = memory.ModelRef(_key(path, f"clip_{spec.name}", dtype, device),
-                              _build_clip(config, view, layout, dtype, device))
+                              _build_clip(config, _reopen(path, prefix), layout, dtype, device))
         encoders.append((spec, _LazyCLIP(ref, config)))
     return TextEncoder(encoders, device, dtype, embeddings=EmbeddingLibrary())
 
 
-def _build_clip(config, view, layout, dtype, device):
-    def load():
-        return _build(CLIPTextModel, config, clip_state_dict(view, layout), dtype, device)()
-    return load
+def _build_clip(config, source, layout, dtype, device):
+    return _build(CLIPTextModel, config, lambda: clip_state_dict(source(), layout), dtype, device)
 
 
 class _LazyCLIP:
@@ -182,11 +188,11 @@ class _LazyCLIP:
         return getattr(self.ref.get(), name)
 
 
-def _load_vae(path: Path, vae_sd, device, dtype) -> VAE:
+def _load_vae(path: Path, vae_sd, device, dtype, source) -> VAE:
     config = detect_vae_config(ShapeView(vae_sd))
     vae_dtype = dtype if dtype != torch.float16 else (torch.bfloat16 if device.type == "cuda"
                                                       and torch.cuda.is_bf16_supported() else torch.float32)
-    ref = memory.ModelRef(_key(path, "vae", vae_dtype, device), _build(AutoencoderKL, config, vae_sd, vae_dtype, device))
+    ref = memory.ModelRef(_key(path, "vae", vae_dtype, device), _build(AutoencoderKL, config, source, vae_dtype, device))
     return VAE(ref, device, vae_dtype, downscale=2 ** (len(config.ch_mult) - 1), latent_channels=config.embed_dim)
 
 
@@ -194,12 +200,14 @@ def load_vae_file(path) -> VAE:
     """A standalone VAE file, in the original or the diffusers layout (with or without a prefix)."""
     path = Path(path)
     sd = load_state_dict(path)
-    if sd.count(VAE_PREFIX):
-        sd = sd.view(VAE_PREFIX)
+    prefix = VAE_PREFIX if sd.count(VAE_PREFIX) else ""
+    sd = sd.view(prefix)
+    source = _reopen(path, prefix)
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in sd):
         from .files import from_tensors
-        sd = from_tensors(vae_from_diffusers_keys(dict(sd.items())))
+        sd = from_tensors(vae_from_diffusers_keys(dict(sd.items())))  # converted once, kept in memory
+        source = lambda: sd  # noqa: E731
     if "decoder.conv_in.weight" not in sd:
         raise WeightsFileError(f"{path.name} is not a VAE: no 'decoder.conv_in.weight'")
     policy = memory.policy()
-    return _load_vae(path, sd, policy.device, policy.dtype)
+    return _load_vae(path, sd, policy.device, policy.dtype, source)

@@ -58,7 +58,8 @@ def load_controlnet(path, model=None) -> ControlNet | T2IAdapter:
         sd = adapter_state_dict(sd)
         config = detect_adapter_config(sd)
         cls = Adapter if isinstance(config, AdapterConfig) else LightAdapter
-        ref = memory.ModelRef(_key(path, "t2i_adapter", dtype, device), _build(cls, config, sd, dtype, device))
+        ref = memory.ModelRef(_key(path, "t2i_adapter", dtype, device),
+                              _build(cls, config, lambda: adapter_state_dict(load_state_dict(path)), dtype, device))
         return T2IAdapter(ref, config, path.stem)
 
     is_difference = "difference" in sd
@@ -68,15 +69,16 @@ def load_controlnet(path, model=None) -> ControlNet | T2IAdapter:
     except (KeyError, ValueError, IndexError) as exc:
         raise WeightsFileError(f"{path.name}: unrecognised ControlNet layout ({exc})") from exc
     if not is_difference:
+        reopen = lambda: controlnet_state_dict(load_state_dict(path))  # noqa: E731 (nothing stays mapped)
         ref = memory.ModelRef(_key(path, "controlnet", dtype, device),
-                              _build(ControlNetModel, config, sd, dtype, device))
+                              _build(ControlNetModel, config, reopen, dtype, device))
     elif model is None:
         raise WeightsFileError(f"{path.name} is a difference ControlNet (weights relative to its base UNet): "
                                "load it with DiffControlNetLoader, which takes the model")
     else:
         def load():  # the UNet's weights as this model handle has them (LoRA patches included)
-            whole = with_base_weights(sd, model.network().state_dict())
-            return _build(ControlNetModel, config, whole, dtype, device)()
+            whole = with_base_weights(controlnet_state_dict(load_state_dict(path)), model.network().state_dict())
+            return _build(ControlNetModel, config, lambda: whole, dtype, device)()
 
         patches = tuple((id(patch), strength) for patch, strength in getattr(model, "patches", ()))
         ref = memory.ModelRef(_key(path, f"controlnet+{model.unet.key[0]}{patches}", dtype, device), load)

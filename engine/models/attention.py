@@ -77,9 +77,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x, context):
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        # sublayer output first: the sum takes its contiguous layout, so the residual stream (a
+        # strided view after the spatial rearrange) becomes contiguous for the following norms
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
 
 
 class SpatialTransformer(nn.Module):
