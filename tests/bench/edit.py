@@ -95,7 +95,7 @@ def main() -> None:
         realesrgan_file(model, args.filters, args.blocks)
         tiles = [args.size] + [int(t) for t in args.tiles.split(",")]
         results = {tile: run_worker(args, tile, model, Path(tmp) / f"{tile}.pt") for tile in tiles}
-        outputs = {tile: torch.load(Path(tmp) / f"{tile}.pt") for tile in tiles}
+        outputs = {tile: torch.load(Path(tmp) / f"{tile}.pt", weights_only=True) for tile in tiles}
     whole = results[args.size]
     print(f"ESRGAN 4x, {args.filters} filters, {args.blocks} blocks, {whole['parameters'] / 1e6:.2f} M parameters; "
           f"{args.size}×{args.size} image on {whole['device']}, {whole['threads']} CPU threads, "

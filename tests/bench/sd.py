@@ -299,7 +299,7 @@ def configurations() -> list[tuple[str, str]]:
 
 
 def relative_difference(a_file: Path, b_file: Path) -> float:
-    a, b = torch.load(a_file), torch.load(b_file)
+    a, b = torch.load(a_file, weights_only=True), torch.load(b_file, weights_only=True)
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
