@@ -26,7 +26,7 @@ import torch
 from .. import memory
 from ..models.controlnet import (Adapter, AdapterConfig, ControlNetConfig, ControlNetModel, LightAdapter,
                                  LightAdapterConfig)
-from ..models.unet import UNetConfig
+from ..models.unet import UNetConfig, detect_input_side
 from ..sd.control import ControlNet, T2IAdapter
 from .checkpoint import _build, _key
 from .files import StateDict, WeightsFileError, _Renamed, load_state_dict
@@ -213,20 +213,7 @@ def detect_controlnet_config(sd: StateDict) -> ControlNetConfig:
     def depth(block):
         return len(_numbers(keys, f"{block}.1.transformer_blocks."))
 
-    model_channels, in_channels = shape("input_blocks.0.0.weight")[:2]
-    num_res_blocks, channel_mult, transformer_depth = [], [], []
-    count = mult = 0
-    for k in range(1, len(_numbers(keys, "input_blocks."))):
-        if f"input_blocks.{k}.0.op.weight" in keys:
-            num_res_blocks.append(count)
-            channel_mult.append(mult)
-            count = 0
-        else:
-            count += 1
-            mult = shape(f"input_blocks.{k}.0.out_layers.3.weight")[0] // model_channels
-            transformer_depth.append(depth(f"input_blocks.{k}"))
-    num_res_blocks.append(count)
-    channel_mult.append(mult)
+    model_channels, in_channels, num_res_blocks, channel_mult, transformer_depth = detect_input_side(keys, shape)
 
     to_k = next((k for k in keys if k.endswith("attn2.to_k.weight")), None)
     proj_in = next((k for k in keys if k.endswith("proj_in.weight")), None)

@@ -298,6 +298,32 @@ class UNetModel(nn.Module):
         return self.out(h).to(x.dtype)
 
 
+def count_children(keys, stem: str) -> int:
+    """How many numbered children `stem{n}.` exist among `keys`."""
+    return len({k[len(stem):].split(".", 1)[0] for k in keys if k.startswith(stem)})
+
+
+def detect_input_side(keys, shape):
+    """The input half of a UNet-layout state dict (a UNet's or a ControlNet's): model and input
+    channels, res blocks and channel multiplier per level, transformer depth per res block.
+    `shape(key)` gives a tensor's shape."""
+    model_channels, in_channels = shape("input_blocks.0.0.weight")[:2]
+    num_res_blocks, channel_mult, transformer_depth = [], [], []
+    blocks_in_level = mult = 0
+    for k in range(1, count_children(keys, "input_blocks.")):
+        if f"input_blocks.{k}.0.op.weight" in keys:  # a downsampler closes the level
+            num_res_blocks.append(blocks_in_level)
+            channel_mult.append(mult)
+            blocks_in_level = 0
+        else:
+            blocks_in_level += 1
+            mult = shape(f"input_blocks.{k}.0.out_layers.3.weight")[0] // model_channels
+            transformer_depth.append(count_children(keys, f"input_blocks.{k}.1.transformer_blocks."))
+    num_res_blocks.append(blocks_in_level)
+    channel_mult.append(mult)
+    return model_channels, in_channels, num_res_blocks, channel_mult, transformer_depth
+
+
 def detect_unet_config(state_dict, prefix=""):
     """Derive the UNetConfig of an SD-family UNet state dict from key names and tensor shapes.
 
@@ -312,26 +338,12 @@ def detect_unet_config(state_dict, prefix=""):
         return tuple(state_dict[prefix + key].shape)
 
     def count(stem):
-        """How many numbered children `stem{n}.` exist."""
-        return len({k[len(stem):].split(".", 1)[0] for k in keys if k.startswith(stem)})
+        return count_children(keys, stem)
 
     def depth(block):
         return count(f"{block}.1.transformer_blocks.")
 
-    model_channels, in_channels = shape("input_blocks.0.0.weight")[:2]
-    num_res_blocks, channel_mult, transformer_depth = [], [], []
-    blocks_in_level = mult = 0
-    for k in range(1, count("input_blocks.")):
-        if f"input_blocks.{k}.0.op.weight" in keys:
-            num_res_blocks.append(blocks_in_level)
-            channel_mult.append(mult)
-            blocks_in_level = 0
-        else:
-            blocks_in_level += 1
-            mult = shape(f"input_blocks.{k}.0.out_layers.3.weight")[0] // model_channels
-            transformer_depth.append(depth(f"input_blocks.{k}"))
-    num_res_blocks.append(blocks_in_level)
-    channel_mult.append(mult)
+    model_channels, in_channels, num_res_blocks, channel_mult, transformer_depth = detect_input_side(keys, shape)
     num_output_blocks = count("output_blocks.")
     transformer_depth_output = [depth(f"output_blocks.{k}") for k in reversed(range(num_output_blocks))]
 
