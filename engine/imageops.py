@@ -5,12 +5,14 @@ Conventions (DESIGN.md): IMAGE is float32 ``[B,H,W,C]`` in 0..1, MASK float32
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as kornia's rgb_to_grayscale
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -158,3 +160,26 @@ def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
     region = destination[..., y:y + h, x:x + w]
     destination[..., y:y + h, x:x + w] = mask * source[..., :h, :w] + (1 - mask) * region
     return destination
+
+
+# --- preprocessing ----------------------------------------------------------------------------------
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """[H,W,C] 0..1 -> [H,W] luma."""
+    if image.shape[-1] < 3:
+        return np.ascontiguousarray(image[..., 0])
+    return np.ascontiguousarray(image[..., :3] @ np.array(GRAY_WEIGHTS, dtype=np.float32))
+
+
+def canny_edges(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Canny on the luma after a 5x5, sigma 1 Gaussian blur (kornia's defaults, which ComfyUI uses).
+
+    kornia thresholds the L2 norm of the raw 3x3 Sobel gradient of the 0..1 image; OpenCV's
+    ``L2gradient`` Canny computes the same norm on the 0..255 image, so the thresholds are x255.
+    Differences from ComfyUI's output: OpenCV works on the blurred image rounded to 8 bits, and its
+    non-maximum suppression breaks ties between equal neighbours on one side (kornia needs a strict
+    maximum), so a few edge pixels can differ.
+    """
+    blurred = cv2.GaussianBlur(luma(image), (5, 5), 1.0, borderType=cv2.BORDER_REFLECT_101)
+    eight_bit = np.clip(np.round(blurred * 255.0), 0, 255).astype(np.uint8)
+    return cv2.Canny(eight_bit, low * 255.0, high * 255.0, L2gradient=True) / 255.0

@@ -3,8 +3,10 @@
 The layout follows ComfyUI's ``folder_paths``: ``models/<kind>/`` beside
 ``main.py``, plus the roots listed in an ``extra_model_paths.yaml`` written in
 ComfyUI's format (so an existing ComfyUI or A1111 install's folders are used
-as they are).  Model choices are file paths relative to their folder root,
-exactly the strings ComfyUI workflows store.
+as they are).  The demo models Loom ships (``assets/models/<kind>/``) come
+right after ``models/<kind>/``, so a user's own file of the same name wins.
+Model choices are file paths relative to their folder root, exactly the
+strings ComfyUI workflows store.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from .errors import LoomError
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODELS = ROOT / "assets" / "models"  # the small demo models Loom ships, listed after the user's
 MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MODEL_KINDS = ("checkpoints", "vae", "loras", "controlnet", "upscale_models", "embeddings",
@@ -31,11 +34,15 @@ class Paths:
     output_dir: Path | None = None
     temp_dir: Path | None = None
     custom_nodes_dirs: list[Path] = field(default_factory=list)
+    shipped_models: bool = True  # also offer assets/models/<kind> (the demo models)
 
     def __post_init__(self):
         self.base = Path(self.base)
         for kind in MODEL_KINDS:
-            self.model_dirs.setdefault(kind, []).insert(0, self.base / "models" / kind)
+            dirs = self.model_dirs.setdefault(kind, [])
+            dirs.insert(0, self.base / "models" / kind)
+            if self.shipped_models:
+                dirs.insert(1, SHIPPED_MODELS / kind)
         self.input_dir = Path(self.input_dir or self.base / "input")
         self.output_dir = Path(self.output_dir or self.base / "output")
         self.temp_dir = Path(self.temp_dir or self.base / "temp")

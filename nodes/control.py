@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import torch
 
+from engine.imageops import canny_edges, luma
 from engine.loading.controlnet import load_controlnet
 from engine.schema import Input, Node, Output
 from nodes.loaders import _file_stamp, _files
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as kornia's rgb_to_grayscale
 
 
 # --- loaders and apply nodes -------------------------------------------------------------------------
@@ -110,13 +110,6 @@ class ControlNetApplyAdvanced(Node):
 
 # --- preprocessors -----------------------------------------------------------------------------------
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    """[H,W,C] 0..1 -> [H,W] luma."""
-    if image.shape[-1] < 3:
-        return np.ascontiguousarray(image[..., 0])
-    return np.ascontiguousarray(image[..., :3] @ np.array(GRAY_WEIGHTS, dtype=np.float32))
-
-
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
 
@@ -128,25 +121,11 @@ def _per_image(fn, image: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)[..., None].expand(-1, -1, -1, 3).contiguous()
 
 
-def canny_edges(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Canny on the luma after a 5x5, sigma 1 Gaussian blur (kornia's defaults, which ComfyUI uses).
-
-    kornia thresholds the L2 norm of the raw 3x3 Sobel gradient of the 0..1 image; OpenCV's
-    ``L2gradient`` Canny computes the same norm on the 0..255 image, so the thresholds are x255.
-    Differences from ComfyUI's output: OpenCV works on the blurred image rounded to 8 bits, and its
-    non-maximum suppression breaks ties between equal neighbours on one side (kornia needs a strict
-    maximum), so a few edge pixels can differ.
-    """
-    blurred = cv2.GaussianBlur(_gray(image), (5, 5), 1.0, borderType=cv2.BORDER_REFLECT_101)
-    eight_bit = np.clip(np.round(blurred * 255.0), 0, 255).astype(np.uint8)
-    return cv2.Canny(eight_bit, low * 255.0, high * 255.0, L2gradient=True) / 255.0
-
-
 def xdog_lines(image: np.ndarray, sigma: float, threshold: float, sharpness: float, k: float = 1.6) -> np.ndarray:
     """Line drawing by the extended difference of Gaussians (Winnemöller et al. 2012): where the
     luma blurred at `sigma` is darker than at `k * sigma` by more than `threshold`, a line, with a
     tanh ramp of slope `sharpness` (anti-aliased lines instead of a hard cut)."""
-    gray = _gray(image)
+    gray = luma(image)
     dog = _blur(gray, sigma) - _blur(gray, k * sigma)
     return np.clip(np.tanh(sharpness * (-dog - threshold)), 0.0, 1.0)
 
