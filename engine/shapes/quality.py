@@ -1,0 +1,161 @@
+"""Measured adherence of the shipped shapes models, through the workflows users run.
+
+Every measurement loads a workflow from ``workflows/shapes/``, overrides values by node title (as
+``loom run --set`` does), runs it with Loom's executor and reads the image that its SaveImage would
+write; :mod:`engine.shapes.evaluate` then finds the shapes in it. The same functions feed the
+training logs (metrics stored in each file's metadata), ``tests/bench/quality.py`` and the tests.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+
+from ..executor import Executor
+from ..paths import ROOT
+from .evaluate import find_shapes, mask_iou, score_prompt
+from .scene import COLOURS, render, scene_at, shape_masks
+
+WORKFLOWS = ROOT / "workflows" / "shapes"
+EVAL_SEED = 2
+DEFAULT_CFG = 6.0
+
+
+@cache
+def _registry():
+    from ..registry import Registry
+    registry = Registry()
+    registry.load_builtin()
+    return registry
+
+
+def run_workflow(name: str, values: dict[str, dict] | None = None, output: str | None = None) -> np.ndarray:
+    """Run ``workflows/shapes/<name>.json`` with ``values`` ({node title: {input: value}}) and return the
+    image its SaveImage node (or the node titled ``output``) receives, as uint8 [H, W, 3] (first of the batch)."""
+    from ..workflow import load_workflow
+
+    graph = load_workflow(WORKFLOWS / f"{name}.json", _registry()).graph
+    by_title = {n.title: n for n in graph.nodes.values() if n.title}
+    for title, inputs in (values or {}).items():
+        if title not in by_title:
+            raise KeyError(f"{name}.json has no node titled {title!r} (titles: {sorted(by_title)})")
+        for key, value in inputs.items():
+            graph.set_value(by_title[title].id, key, value)
+    if output is None:
+        save = next(n for n in graph.nodes.values() if n.type == "SaveImage")
+        src, slot = save.links["images"]
+    else:
+        src, slot = by_title[output].id, 0
+    result = Executor(_registry()).run(graph, targets=[src], apply_seed_controls=False)
+    if not result.ok:
+        raise RuntimeError(f"{name}.json failed: {result.error or result.problems}")
+    image = result.values[src][slot]
+    return to_uint8(image)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """IMAGE [B, H, W, 3] in 0..1 -> uint8 [H, W, 3] of the first image (SaveImage truncates likewise)."""
+    return (image[0].clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+
+
+def eval_prompts(n: int = 24) -> list[str]:
+    """Held-out one-shape prompts, half short ("a red star"), half full captions with size and position."""
+    prompts = []
+    for i in range(n):
+        shape = scene_at(EVAL_SEED, i, max_shapes=1).shapes[0]
+        phrase = f"{shape.colour} {shape.kind}" if i % 2 == 0 else f"{shape.size} {shape.colour} {shape.kind} {shape.position}"
+        prompts.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+    return prompts
+
+
+def txt2img_adherence(cfg: float = DEFAULT_CFG, n_prompts: int = 24, seeds: int = 2, workflow: str = "txt2img",
+                      extra: dict | None = None) -> dict:
+    """Fraction of samples in which the requested colour AND kind are found (plus colour, kind alone)."""
+    scores = {"colour_and_kind": [], "colour": [], "kind": []}
+    for i, prompt in enumerate(eval_prompts(n_prompts)):
+        for s in range(seeds):
+            image = run_workflow(workflow, {"Positive": {"text": prompt}, "Sampler": {"seed": 1000 * s + i, "cfg": cfg},
+                                            **(extra or {})})
+            result = score_prompt(image, prompt)
+            for key in scores:
+                scores[key].append(result[key])
+    return {key: round(float(np.mean(v)), 3) for key, v in scores.items()} | {"samples": n_prompts * seeds, "cfg": cfg}
+
+
+def controlnet_adherence(n: int = 12, strength: float = 1.0) -> dict:
+    """The generated shapes' outline against the control edges (edge IoU, 2 px tolerance, and silhouette IoU),
+    while the prompt asks for a colour the control image does not have."""
+    from .evaluate import edge_iou
+    edge_ious, mask_ious, colour_ok = [], [], []
+    for i in range(n):
+        scene = scene_at(EVAL_SEED + 10, i, max_shapes=1)
+        shape = scene.shapes[0]
+        colour = next(c for c in COLOURS if c != shape.colour and c not in scene.background.colours)
+        prompt = f"a {colour} {shape.kind}"
+        image = run_workflow("controlnet_canny", {
+            "Control scene": {"description": _caption_of(scene), "seed": i},
+            "Positive": {"text": prompt}, "Sampler": {"seed": i}, "Apply ControlNet": {"strength": strength}})
+        edges = run_workflow("controlnet_canny", {"Control scene": {"description": _caption_of(scene), "seed": i}},
+                             output="Edges")[..., 0] > 127
+        edge_ious.append(edge_iou(image, edges))
+        found = find_shapes(image)
+        target = shape_masks(scene, image.shape[0])[0]
+        mask_ious.append(max((mask_iou(f.mask, target) for f in found), default=0.0))
+        colour_ok.append(any(f.colour == colour for f in found))
+    return {"edge_iou": round(float(np.mean(edge_ious)), 3), "mask_iou": round(float(np.mean(mask_ious)), 3),
+            "prompt_colour": round(float(np.mean(colour_ok)), 3), "samples": n, "strength": strength}
+
+
+def _caption_of(scene) -> str:
+    from .scene import caption
+    return caption(scene)
+
+
+def upscaler_psnr(path=None, n: int = 16, scale: int = 2) -> dict:
+    """PSNR of the shipped upscaler (or ``path``) and of bicubic against held-out renders downscaled ``scale``x."""
+    import cv2
+
+    from ..upscale import load_upscale_model, upscale_image
+    model = load_upscale_model(path or ROOT / "assets" / "models" / "upscale_models" / "loom-shapes-2x.safetensors")
+    ours, bicubic = [], []
+    for i in range(n):
+        hr = render(scene_at(EVAL_SEED + 20, i), 128 * scale)
+        lr = cv2.resize(hr, (128, 128), interpolation=cv2.INTER_AREA)
+        up = upscale_image(model, torch.from_numpy(lr)[None].float() / 255)
+        ours.append(psnr(to_uint8(up), hr))
+        bicubic.append(psnr(cv2.resize(lr, hr.shape[1::-1], interpolation=cv2.INTER_CUBIC), hr))
+    return {"psnr_db": round(float(np.mean(ours)), 2), "bicubic_psnr_db": round(float(np.mean(bicubic)), 2), "images": n}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def stripe_energy(image: np.ndarray) -> float:
+    """Mean absolute Laplacian of the luma inside the found shapes (eroded 2 px, so outlines do not count):
+    about 0 for flat fills, large for the stripes LoRA's texture."""
+    import cv2
+
+    found = find_shapes(image)
+    if not found:
+        return 0.0
+    inside = np.any([f.mask for f in found], axis=0).astype(np.uint8)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)).astype(bool)
+    if not inside.any():
+        return 0.0
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Laplacian(luma, cv2.CV_32F))[inside].mean())
+
+
+def lora_effect(n: int = 6) -> dict:
+    """Stripe energy of the LoRA workflow's images at LoRA strength 1 and 0 (same prompts and seeds)."""
+    energy = {1.0: [], 0.0: []}
+    for i, prompt in enumerate(eval_prompts(n)):
+        for strength in energy:
+            image = run_workflow("lora", {"LoRA": {"strength_model": strength, "strength_clip": strength},
+                                          "Positive": {"text": prompt}, "Sampler": {"seed": i}})
+            energy[strength].append(stripe_energy(image))
+    return {"stripe_energy_at_1": round(float(np.mean(energy[1.0])), 2),
+            "stripe_energy_at_0": round(float(np.mean(energy[0.0])), 2), "samples": n}

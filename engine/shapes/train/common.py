@@ -1,0 +1,185 @@
+"""What every shapes-model trainer shares: device, seeds, data, logging, EMA, saving.
+
+Data comes only from :mod:`engine.shapes.scene`: scene ``i`` of the training set is
+``scene_at(TRAIN_SEED, i)``, held-out scenes use ``EVAL_SEED``. Files are written atomically in
+fp16 (as released SD checkpoints are) with their config, the generator version and measured metrics
+in the safetensors metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..scene import GENERATOR_VERSION, Scene, render, scene_at
+
+ROOT = Path(__file__).resolve().parents[3]
+ASSETS = ROOT / "assets" / "models"
+WORK = ROOT / "build" / "shapes"  # intermediate files (the trained VAE, cached latents); gitignored
+TRAIN_SEED = 1
+EVAL_SEED = 2
+LATENT_SCALE = 0.18215  # SD1's latent scale factor: the shipped VAE is calibrated to it
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def render_set(seed: int, indices, size: int = 128, texture: str | None = None) -> np.ndarray:
+    """uint8 [N, size, size, 3]: renders of scenes ``indices`` of the set ``seed``."""
+    return np.stack([render(scene_at(seed, int(i)), size, texture=texture) for i in indices])
+
+
+def describe(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str:
+    """A caption of ``scene`` in the generator's words with sizes, positions and the background each
+    left out with probability ``p_drop``, so short prompts ("a red circle") work as well as full ones."""
+    parts = []
+    for shape in scene.shapes:
+        words = [shape.size] if rng.random() >= p_drop else []
+        words += [shape.colour, shape.kind]
+        if rng.random() >= p_drop:
+            words.append(shape.position)
+        phrase = " ".join(words)
+        parts.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if rng.random() >= p_drop:
+        bg = scene.background
+        text += f", {' to '.join(bg.colours)}{' gradient' if len(bg.colours) > 1 else ''} background"
+    return text
+
+
+
+class Log:
+    """Progress lines on stdout and a JSON-lines training log beside the output file."""
+
+    def __init__(self, name: str, path: Path, total: int, config: dict):
+        self.name, self.total, self.start = name, total, time.time()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", encoding="utf-8")
+        self.write(event="start", config=config, python=sys.version.split()[0], torch=torch.__version__,
+                   machine=platform.machine(), generator_version=GENERATOR_VERSION)
+
+    def write(self, **record):
+        self.file.write(json.dumps(record, default=_jsonable) + "\n")
+        self.file.flush()
+
+    def step(self, step: int, **metrics):
+        elapsed = time.time() - self.start
+        eta = elapsed / max(step, 1) * (self.total - step)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"[{self.name}] {step}/{self.total} {shown} ({elapsed / 60:.1f} min, eta {eta / 60:.1f} min)",
+              flush=True)
+        self.write(event="step", step=step, elapsed_s=round(elapsed, 1), **metrics)
+
+    def close(self, **metrics):
+        self.write(event="end", elapsed_s=round(time.time() - self.start, 1), **metrics)
+        self.file.close()
+
+    @property
+    def minutes(self) -> float:
+        return (time.time() - self.start) / 60
+
+
+def _jsonable(value):
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, (torch.device, torch.dtype, Path)):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1 - decay)
+
+    def state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: self.shadow.get(k, v) for k, v in module.state_dict().items()}
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, dtype=torch.float16) -> None:
+    """Write ``tensors`` (floats cast to ``dtype``) with JSON ``metadata`` values, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+           for k, v in tensors.items()}
+    meta = {"loom.generator_version": GENERATOR_VERSION, "loom.created_by": "engine.shapes.train"}
+    for k, v in metadata.items():  # kohya's ss_* and the modelspec.* keys keep their own names
+        name = k if k.startswith(("ss_", "modelspec.")) else f"loom.{k}"
+        meta[name] = v if isinstance(v, str) else json.dumps(v, default=_jsonable)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def metadata_of(path: Path) -> dict:
+    """The ``loom.*`` metadata of a shipped file, JSON values decoded."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata() or {}
+    out = {}
+    for k, v in raw.items():
+        if k.startswith("loom."):
+            out[k[5:]] = json.loads(v) if v[:1] in "{[" else v  # save() wrote plain strings as they are
+    return out
+
+
+def batches(n_items: int, batch_size: int, steps: int, seed: int):
+    """``steps`` index batches drawn without replacement within each pass over ``n_items``."""
+    rng = np.random.default_rng(seed)
+    order, at = rng.permutation(n_items), 0
+    for _ in range(steps):
+        if at + batch_size > n_items:
+            order, at = rng.permutation(n_items), 0
+        yield order[at:at + batch_size]
+        at += batch_size

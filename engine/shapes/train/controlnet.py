@@ -1,0 +1,120 @@
+"""The shipped Canny ControlNet for the shapes checkpoint.
+
+A ControlNet in the original ``cldm`` layout (``control_model.`` keys): a copy of the checkpoint
+UNet's input half and middle block, initialised from it, plus the hint encoder and zero convolutions.
+The UNet and text encoder stay frozen. Hints are :func:`engine.imageops.canny_edges` of the render at
+the Canny node's default thresholds (0.4, 0.8), exactly what the workflow's Canny node computes.
+Captions are dropped half the time so the edges alone must carry the layout, and the colour comes from
+the prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...imageops import canny_edges
+from ...models.clip import CLIPTextModel
+from ...models.controlnet import ControlNetConfig, ControlNetModel
+from ...models.unet import UNetModel
+from . import common
+from .checkpoint import (CHECKPOINT, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
+                         diffusion_loss, encode_latents, encode_text)
+from .common import ASSETS, TRAIN_SEED, Log
+
+CONTROLNET = ASSETS / "controlnet" / "loom-shapes-canny.safetensors"
+CONFIG = ControlNetConfig(unet=UNET_CONFIG, hint_block_channels=(16, 32, 64, 128))
+CANNY_THRESHOLDS = (0.4, 0.8)  # the Canny node's defaults
+
+
+@dataclass(frozen=True)
+class ControlNetTraining:
+    images: int = 8000
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 2e-4
+    p_uncond: float = 0.5
+    p_drop_words: float = 0.3
+    min_snr: float = 5.0
+    ema: float = 0.998
+    seed: int = 0
+
+
+def edges_of(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> Canny maps uint8 [N, H, W] (0 or 1), as the Canny node computes them."""
+    low, high = CANNY_THRESHOLDS
+    return torch.from_numpy(np.stack([canny_edges(img.astype(np.float32) / 255.0, low, high) for img in images])
+                            .round().astype(np.uint8))
+
+
+def as_hint(edges: torch.Tensor) -> torch.Tensor:
+    """Canny maps [N, H, W] -> the hint the ControlNet sees: [N, 3, H, W] in 0..1 (the IMAGE's channels)."""
+    return edges.float()[:, None].expand(-1, 3, -1, -1)
+
+
+def load_checkpoint_networks(path: Path, device) -> tuple[UNetModel, CLIPTextModel]:
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
+    unet.load_state_dict({k[22:]: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")})
+    clip.load_state_dict({k[29:]: v.float() for k, v in sd.items() if k.startswith("cond_stage_model.transformer.")})
+    return unet.to(device).eval().requires_grad_(False), clip.to(device).eval().requires_grad_(False)
+
+
+def controlnet_from_unet(unet: UNetModel) -> ControlNetModel:
+    """A ControlNet whose UNet half starts as the checkpoint's (hint encoder's last conv and readouts zero)."""
+    net = ControlNetModel(CONFIG)
+    own = net.state_dict()
+    shared = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(shared, strict=False)
+    return net
+
+
+def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = CONTROLNET, base: Path = CHECKPOINT,
+                     measure_quality: bool = True) -> Path:
+    from .checkpoint import load_vae
+    common.seed_everything(cfg.seed)
+    unet, clip = load_checkpoint_networks(base, device)
+    latents = encode_latents(load_vae(device=device), TRAIN_SEED, cfg.images, device).to(device)
+    hints = torch.cat([edges_of(common.render_set(TRAIN_SEED, range(s, min(cfg.images, s + 500))))
+                       for s in range(0, cfg.images, 500)])
+    net = controlnet_from_unet(unet).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = common.EMA(net, cfg.ema)
+    ab = alphas_cumprod().to(device)
+    captions, rng = Captions(), np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    t2i = T2ITraining(p_uncond=cfg.p_uncond, p_drop_words=cfg.p_drop_words)
+    log = Log("controlnet", common.WORK / "controlnet.log.jsonl", cfg.steps, {"training": cfg, "controlnet": CONFIG})
+    for step, idx in enumerate(common.batches(cfg.images, cfg.batch, cfg.steps, cfg.seed)):
+        common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr))
+        index = torch.as_tensor(idx)
+        x0, hint = latents[index.to(device)].float(), as_hint(hints[index].to(device))
+        with torch.no_grad():
+            context = encode_text(clip, captions.batch(captions_for(idx, rng, t2i), device))
+        t = torch.randint(0, 1000, (len(idx),), generator=gen, device=device)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        a = ab[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        control = net(xt, hint, t.float(), context)
+        loss = diffusion_loss(unet, x0, context, t, noise, ab, cfg.min_snr, control=control)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update(net, step)
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.step(step + 1, loss=loss.item())
+    tensors = common.prefixed("control_model.", ema.state_dict(net))
+    metadata = {"config": CONFIG, "training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
+                "base_checkpoint": base.name, "hint": "canny_edges (0.4, 0.8) of the image, 3 channels"}
+    common.save(out, tensors, metadata)
+    metrics = {}
+    if measure_quality:
+        from ..quality import controlnet_adherence
+        metrics = controlnet_adherence(n=8)
+        common.save(out, tensors, {**metadata, "metrics": metrics})
+    log.close(**metrics)
+    return out
