@@ -4,6 +4,7 @@ from functools import cache
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from engine.shapes.evaluate import KINDS as EVAL_KINDS
 from engine.shapes.evaluate import edge_iou, find_shapes, mask_iou, matches, score_prompt
@@ -233,3 +234,16 @@ def test_bad_input_is_an_error():
         find_shapes(np.zeros((128, 128), np.uint8))
     with pytest.raises(ValueError):
         render(scene_at(0, 0), texture="dots")
+
+
+def test_shape_scene_node_draws_the_description():
+    """The ShapeScene node (input pictures for the example workflows) renders what the text asks for."""
+    from nodes.shapes import ShapeScene
+    image, mask = ShapeScene().execute("a large red circle on the left and a small blue star, white background",
+                                       seed=3, size=128, texture="none")
+    assert image.shape == (1, 128, 128, 3) and mask.shape == (1, 128, 128)
+    found = {(f.colour, f.kind) for f in find_shapes((image[0].numpy() * 255).round().astype(np.uint8))}
+    assert {("red", "circle"), ("blue", "star")} <= found
+    assert 0.05 < mask.mean().item() < 0.5  # the shapes, not the background
+    striped, _ = ShapeScene().execute("a large red circle", seed=3, size=128, texture="stripes")
+    assert not torch.equal(striped, ShapeScene().execute("a large red circle", seed=3, size=128, texture="none")[0])

@@ -14,8 +14,8 @@ import torch
 
 from ..executor import Executor
 from ..paths import ROOT
-from .evaluate import find_shapes, mask_iou, score_prompt
-from .scene import COLOURS, render, scene_at, shape_masks
+from .evaluate import find_shapes, mask_iou, matches, score_prompt
+from .scene import COLOURS, parse_caption, render, scene_at, shape_masks
 
 WORKFLOWS = ROOT / "workflows" / "shapes"
 EVAL_SEED = 2
@@ -105,6 +105,46 @@ def controlnet_adherence(n: int = 12, strength: float = 1.0) -> dict:
         colour_ok.append(any(f.colour == colour for f in found))
     return {"edge_iou": round(float(np.mean(edge_ious)), 3), "mask_iou": round(float(np.mean(mask_ious)), 3),
             "prompt_colour": round(float(np.mean(colour_ok)), 3), "samples": n, "strength": strength}
+
+
+def inpaint_adherence(n: int = 8) -> dict:
+    """Inpainting workflow: the prompt's shape inside the masked square, and every pixel outside it unchanged."""
+    source = run_workflow("inpaint", output="Input scene")
+    hole = np.zeros(source.shape[:2], bool)
+    hole[36:92, 36:92] = True  # the workflow's mask: a 56 px square at (36, 36)
+    inside, unchanged = [], []
+    for i, prompt in enumerate(eval_prompts(n)):
+        shape = parse_caption(prompt)[0]
+        image = run_workflow("inpaint", {"Positive": {"text": f"a medium {shape['colour']} {shape['kind']} in the center"},
+                                         "Sampler": {"seed": i}})
+        unchanged.append(bool(np.array_equal(image[~hole], source[~hole])))
+        inside.append(any(matches(f, shape["kind"], shape["colour"]) and hole[int(f.cy * 128), int(f.cx * 128)]
+                          for f in find_shapes(image)))
+    return {"shape_in_mask": round(float(np.mean(inside)), 3), "outside_unchanged": float(np.mean(unchanged)),
+            "samples": n}
+
+
+def sdedit_follow(n: int = 8, strengths=(0.3, 0.9)) -> dict:
+    """SDEdit workflow: how often the input's shape survives (layout kept) and the prompt's shape appears,
+    per strength. Input and prompt differ in colour and kind."""
+    out = {}
+    for strength in strengths:
+        kept, followed = [], []
+        for i in range(n):
+            scene = scene_at(EVAL_SEED + 30, i, max_shapes=1)
+            src = scene.shapes[0]
+            kind = next(k for k in ("star", "square", "circle", "cross") if k != src.kind)
+            colour = next(c for c in ("blue", "red", "green", "purple") if c != src.colour
+                          and c not in scene.background.colours)
+            prompt = f"a {src.size} {colour} {kind} {src.position}"
+            image = run_workflow("sdedit", {"Input scene": {"description": _caption_of(scene), "seed": i},
+                                            "Positive": {"text": prompt}, "SDEdit": {"strength": strength, "seed": i}})
+            found = find_shapes(image)
+            kept.append(any(matches(f, src.kind, src.colour) for f in found))
+            followed.append(any(matches(f, kind, colour) for f in found))
+        out[f"strength_{strength}"] = {"input_kept": round(float(np.mean(kept)), 3),
+                                       "prompt_followed": round(float(np.mean(followed)), 3)}
+    return out | {"samples": n}
 
 
 def _caption_of(scene) -> str:
