@@ -158,6 +158,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, dtype=tor
         meta[name] = v if isinstance(v, str) else json.dumps(v, default=_jsonable)
     tmp = path.with_name(path.name + ".tmp")
     save_file(out, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
     os.replace(tmp, path)
 
 
