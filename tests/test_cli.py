@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from engine.cli import main
@@ -16,6 +17,7 @@ from engine.workflow import load_workflow, save_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "workflows" / "default.json"
+IMAGE_ONLY = ROOT / "tests" / "fixtures" / "workflows" / "image_only.json"  # five image nodes, no model
 
 
 def write_graph(path, graph, fmt="native"):
@@ -23,9 +25,20 @@ def write_graph(path, graph, fmt="native"):
     return path
 
 
-def test_default_workflow_runs_and_png_carries_the_workflow(loom_paths, tmp_path, capsys):
+def test_default_workflow_generates_with_the_shipped_model(loom_paths, tmp_path, capsys):
+    """The README's first command: the default workflow samples the shipped shapes checkpoint."""
     out = tmp_path / "out"
     assert main(["run", str(DEFAULT), "--output", str(out)]) == 0
+    saved = sorted(out.glob("*.png"))
+    assert [p.name for p in saved] == ["loom_00001_.png"]
+    image = np.asarray(Image.open(saved[0]).convert("RGB"))
+    assert image.shape == (128, 128, 3) and image.std() > 10  # a picture, not a flat fill
+    assert "success: 7 node(s) ran" in capsys.readouterr().err
+
+
+def test_workflow_runs_and_png_carries_the_workflow(loom_paths, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(IMAGE_ONLY), "--output", str(out)]) == 0
     saved = sorted(out.glob("*.png"))
     assert [p.name for p in saved] == ["Loom_00001_.png"]
     err = capsys.readouterr().err
@@ -39,15 +52,15 @@ def test_default_workflow_runs_and_png_carries_the_workflow(loom_paths, tmp_path
 
 def test_set_overrides_by_id_and_title(loom_paths, tmp_path):
     out = tmp_path / "out"
-    code = main(["run", str(DEFAULT), "--output", str(out), "--set", "1.width=96", "--set", "Background.height=64",
+    code = main(["run", str(IMAGE_ONLY), "--output", str(out), "--set", "1.width=96", "--set", "Background.height=64",
                  "--set", "5.filename_prefix=small"])
     assert code == 0
     assert Image.open(next(out.glob("small_*.png"))).size == (96, 64)
-    assert main(["run", str(DEFAULT), "--set", "Nobody.width=3"]) == 2
+    assert main(["run", str(IMAGE_ONLY), "--set", "Nobody.width=3"]) == 2
 
 
 def test_invalid_workflow_exits_2_naming_every_problem(loom_paths, tmp_path, capsys):
-    g = load_workflow(DEFAULT, default_registry()).graph
+    g = load_workflow(IMAGE_ONLY, default_registry()).graph
     g.set_value("1", "width", 0)           # below the minimum
     g.disconnect("3", "source")            # a required input
     g.add_node("FancyCustomNode", {"x": 1})  # not needed by any output: a warning, not an error
@@ -95,7 +108,7 @@ def test_comfyui_api_file_runs(loom_paths, tmp_path):
 
 
 def test_json_events(loom_paths, tmp_path, capsys):
-    assert main(["run", str(DEFAULT), "--output", str(tmp_path), "--events", "json"]) == 0
+    assert main(["run", str(IMAGE_ONLY), "--output", str(tmp_path), "--events", "json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"

@@ -15,6 +15,7 @@ from engine.loading.checkpoint import load_checkpoint
 from engine.loading.controlnet import load_controlnet
 from engine.loading.lora import match_lora, read_lora_file
 from engine.models.unet import detect_unet_config
+from engine.models.vae import AutoencoderKL
 from engine.sampling.schedules import DiscreteSchedule
 from engine.shapes.scene import scene_at
 from engine.shapes.train import checkpoint as ck
@@ -28,15 +29,17 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A VAE and a checkpoint trained for two steps each, in a private work folder."""
+    """A VAE decoder and a UNet + text encoder trained for two steps each, in a private work folder."""
     work = tmp_path_factory.mktemp("shapes")
     saved, common.WORK = common.WORK, work
     try:
         memory.configure("cpu", "fp32")
-        ck.train_vae(replace(ck.VAETraining(), steps=2, batch=2, calibration_images=16, eval_images=4), CPU)
-        path = ck.train_t2i(replace(ck.T2ITraining(), steps=2, images=16, batch=4), CPU,
-                            out=work / "loom-shapes.safetensors", measure_quality=False)
-        yield work, path
+        out = work / "loom-shapes.safetensors"
+        assert ck.train_t2i(replace(ck.T2ITraining(), steps=2, images=16, batch=4), CPU, out=out,
+                            measure_quality=False) is None  # waits for the VAE stage
+        ck.train_vae(replace(ck.VAETraining(), steps=2, batch=2, eval_images=4), CPU, checkpoint=out,
+                     measure_quality=False)  # the second stage to finish writes the checkpoint
+        yield work, out
     finally:
         common.WORK = saved
 
@@ -65,13 +68,30 @@ def test_checkpoint_generates_through_the_sd1_path(trained):
     assert image.shape == (1, 128, 128, 3) and torch.isfinite(image).all()
 
 
-def test_calibrated_latents_have_sd1_scale(trained):
-    """After calibration, 0.18215 x latent has unit standard deviation on the calibration renders."""
+def test_the_encoder_is_the_calibrated_block_mean_code(trained):
+    """The shipped encoder computes what the trainers use as latents (8x8 block means, scaled), and
+    0.18215 x latent has about unit standard deviation, as SD1 latents do."""
     vae = ck.load_vae(trained[0] / "vae.safetensors")
-    x = common.to_tensor(common.render_set(common.TRAIN_SEED, range(16)))
+    x = common.to_tensor(common.render_set(common.EVAL_SEED, range(8)))
     with torch.no_grad():
         latents = vae.encode(x) * common.LATENT_SCALE
-    assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
+    fast = ck.block_means(x) * ck.latent_scale() * common.LATENT_SCALE
+    assert (latents - fast).abs().max().item() < 0.01
+    assert latents.std().item() == pytest.approx(1.0, abs=0.2)
+    assert latents[:, 3].abs().max().item() < 0.01  # the fourth channel is unused
+
+
+def test_block_code_init_reconstructs_before_any_training():
+    """Hand-set weights make the SD-layout autoencoder a block-mean code: it reproduces renders about as well
+    as nearest-neighbour upsampling of the 8x8 block means (random weights give the mean grey)."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ck.VAE_CONFIG)
+    ck.block_code_init(vae)
+    x = common.to_tensor(common.render_set(common.EVAL_SEED, range(8)))
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x))
+    nearest = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 8), scale_factor=8)
+    assert (y - x).abs().mean().item() < 1.1 * (nearest - x).abs().mean().item()
 
 
 def test_training_captions_tokenize_as_the_text_encoder_does(trained):
@@ -129,3 +149,21 @@ def test_upscaler_is_a_2x_model_spandrel_detects(tmp_path, monkeypatch):
     assert model.descriptor.scale == 2 and model.descriptor.architecture.name.lower().startswith("realesrgan")
     image = upscale_image(model, torch.rand(1, 32, 40, 3))
     assert image.shape == (1, 64, 80, 3)
+
+
+def test_measuring_a_file_adds_metrics_and_keeps_kohya_metadata(trained, monkeypatch):
+    from safetensors import safe_open
+
+    from engine.shapes import quality
+    work, path = trained
+    out = train_lora(replace(LoRATraining(), steps=1, images=8, batch=2), CPU, out=work / "lora2.safetensors",
+                     base=path, measure_quality=False)
+    monkeypatch.setattr(quality, "lora_effect", lambda n: {"stripe_energy_at_1": 9.5, "stripe_energy_at_0": 0.5})
+    before = read_lora_file(str(out))
+    common.measure_file(out, "lora")
+    with safe_open(str(out), "pt") as f:
+        raw = f.metadata()
+    assert raw["ss_network_dim"] == "8" and raw["loom.generator_version"] == "1"
+    assert common.metadata_of(out)["metrics"] == {"stripe_energy_at_1": 9.5, "stripe_energy_at_0": 0.5}
+    after = read_lora_file(str(out))
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1,13 +1,15 @@
-"""The models Loom ships (assets/models/) do what their workflows claim, measured on CPU in fp32.
-
-So far one is shipped: the 2x upscaler. (The checkpoint, ControlNet and LoRA follow; see issue #6.)
-"""
+"""The models Loom ships (assets/models/) do what their workflows claim, measured on CPU in fp32 with the
+OpenCV evaluator (engine/shapes/evaluate.py), through the same workflows a user opens."""
+import numpy as np
 import pytest
 
 from engine import memory
+from engine.loading.checkpoint import load_checkpoint
 from engine.paths import SHIPPED_MODELS
 from engine.shapes import quality
 from engine.shapes.train import common
+from engine.shapes.train.checkpoint import CHECKPOINT, UNET_CONFIG, VAE_CONFIG
+from engine.shapes.train.lora import LORA
 from engine.shapes.train.upscaler import NETWORK, UPSCALER
 
 SHIPPED = sorted(SHIPPED_MODELS.rglob("*.safetensors"))
@@ -19,7 +21,7 @@ def cpu_fp32():
 
 
 def test_shipped_weights_fit_the_budget():
-    assert UPSCALER in SHIPPED
+    assert {CHECKPOINT, UPSCALER, LORA} <= set(SHIPPED)
     assert sum(p.stat().st_size for p in SHIPPED) < 30 * 2 ** 20
 
 
@@ -28,6 +30,45 @@ def test_every_shipped_file_records_config_generator_and_metrics():
         meta = common.metadata_of(path)
         assert meta["generator_version"] and meta["config"] and meta["metrics"], path.name
     assert common.metadata_of(UPSCALER)["config"] == NETWORK
+
+
+def test_checkpoint_is_detected_as_sd1_from_its_shapes():
+    ckpt = load_checkpoint(CHECKPOINT)
+    assert ckpt.family == "sd1" and ckpt.model.prediction_type == "eps" and ckpt.model.config == UNET_CONFIG
+    assert ckpt.vae.downscale == 8 and ckpt.vae.latent_channels == 4
+    assert common.metadata_of(CHECKPOINT)["config"]["vae"]["ch"] == VAE_CONFIG.ch
+
+
+def test_guidance_makes_samples_follow_the_prompt():
+    """At the default CFG the requested colour is drawn in most samples, and colour-and-kind matches more often
+    than without guidance (CFG 1). The issue's goal, colour and kind in 80% of samples, is not reached yet:
+    the measured value is in the checkpoint's metadata and tests/bench/quality.py."""
+    guided = quality.txt2img_adherence(n_prompts=12, seeds=1)
+    unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=12, seeds=1)
+    assert guided["colour"] >= 0.75, guided
+    assert guided["colour_and_kind"] > unguided["colour_and_kind"], (guided, unguided)
+
+
+def test_prompt_changes_the_image():
+    a = quality.run_workflow("txt2img", {"Positive": {"text": "a large red circle in the center"}})
+    b = quality.run_workflow("txt2img", {"Positive": {"text": "a large blue square in the center"}})
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 10
+
+
+def test_inpainting_keeps_every_pixel_outside_the_mask():
+    assert quality.inpaint_adherence(n=2)["outside_unchanged"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["img2img", "sdedit", "outpaint", "hires_fix", "area_composition"])
+def test_checkpoint_workflows_run(name):
+    image = quality.run_workflow(name)
+    expected = {"outpaint": (128, 192), "hires_fix": (256, 256), "area_composition": (128, 256)}.get(name, (128, 128))
+    assert image.shape[:2] == expected and image.std() > 5
+
+
+def test_lora_draws_stripes_at_strength_1_and_not_at_0():
+    result = quality.lora_effect(n=4)
+    assert result["stripe_energy_at_1"] > 1.2 * result["stripe_energy_at_0"], result
 
 
 def test_upscaler_beats_bicubic_on_held_out_renders():

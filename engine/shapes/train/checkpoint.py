@@ -4,8 +4,11 @@ Everything is Loom's own network classes in scaled-down SD1 configs, so the save
 single-file layout (``first_stage_model.``, ``model.diffusion_model.``, ``cond_stage_model.transformer.``)
 and loads through :func:`engine.loading.checkpoint.load_checkpoint` like any SD1.5 file.
 
-Stage ``vae``: L1 + image-gradient L1 + a small KL term (posterior starting narrow) on 32-pixel crops of renders (a quarter of them
-striped, so the LoRA's texture can be decoded). The trained encoder is then calibrated so that latents
+Stage ``vae``: L1 + image-gradient L1 + a small KL term (posterior starting narrow) on crops of renders (a quarter of them
+striped, so the LoRA's texture can be decoded). Trained from random weights this architecture needs far
+more than a CPU-hour to learn even flat colours, so it starts from weights set by hand (:func:`block_code_init`)
+that already make it an 8x8 block-average encoder and nearest-neighbour decoder; training then only learns
+a correction from the other channels (sharp edges where the blocks only say how much of each colour they hold). The trained encoder is then calibrated so that latents
 times SD1's 0.18215 have unit variance: the mean half of ``quant_conv`` is scaled by ``s`` and
 ``post_quant_conv``'s weight by ``1/s`` (decoding is unchanged; the log-variance moves by ``2 log s``).
 
@@ -46,13 +49,12 @@ PAD_TOKEN = 49407  # SD1 pads CLIP-L with the end token
 @dataclass(frozen=True)
 class VAETraining:
     steps: int = 3000
-    batch: int = 16
-    crop: int = 32
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
+    batch: int = 4
+    crop: int = 64  # 8x8 latents: context enough for a shape, a quarter of the cost of whole renders
+    lr: float = 5e-4
+    bf16: bool = True  # autocast: half the time of fp32 on a CPU (the fp32 master weights are what is saved)
     striped_fraction: float = 0.25
-    calibration_images: int = 512
-    eval_images: int = 256
+    eval_images: int = 64
     seed: int = 0
 
 
@@ -64,75 +66,217 @@ class T2ITraining:
     lr: float = 5e-4
     p_uncond: float = 0.1
     p_drop_words: float = 0.3
-    min_snr: float = 5.0
+    min_snr: float | None = 5.0
     ema: float = 0.999
     seed: int = 0
+    resume: bool = False  # start from the previous run's weights (build/shapes/t2i.safetensors) instead of random
+
+
+# What the shipped checkpoint's UNet and text encoder had after the first run: a second run resumed from it with
+# the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors the decoder shows as blotches).
+T2I_SECOND_RUN = dict(steps=3000, lr=3e-4, min_snr=None, resume=True)
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
+CALIBRATION_IMAGES = 512
+
+
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
+def block_means(x: torch.Tensor) -> torch.Tensor:
+    """What the fixed encoder computes (before calibration): the mean colour of each 8x8 block in channels
+    0-2 and zero in channel 3. Computed directly because it is 200 times cheaper than running the
+    full-resolution encoder; ``tests/test_shapes_training.py`` checks the two agree."""
+    means = torch.nn.functional.avg_pool2d(x, 8)
+    return torch.cat([means, torch.zeros_like(means[:, :1])], dim=1)
+
+
+def latent_scale() -> float:
+    """``s`` such that ``LATENT_SCALE * s * block_means`` has unit standard deviation on the calibration renders."""
+    x = common.to_tensor(common.render_set(TRAIN_SEED, range(CALIBRATION_IMAGES)))
+    return 1.0 / (LATENT_SCALE * block_means(x).std().item())
+
+
+def fixed_encoder_vae(seed: int = 0) -> AutoencoderKL:
+    """The shipped autoencoder before decoder training: the hand-set block-mean code, calibrated."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(VAE_CONFIG)
+    block_code_init(vae)
+    rescale_latents(vae, latent_scale())
+    return vae.eval()
+
+
 def vae_batch(step: int, cfg: VAETraining, rng: np.random.Generator) -> torch.Tensor:
+    from ..scene import render
     indices = range(step * cfg.batch, (step + 1) * cfg.batch)
     striped = rng.random(cfg.batch) < cfg.striped_fraction
-    from ..scene import render
-    images = np.stack([render(scene_at(TRAIN_SEED + 100, i), 128, texture="stripes" if s else None)
-                       for i, s in zip(indices, striped)])
-    x = common.to_tensor(images)
-    ys, xs = rng.integers(0, 128 - cfg.crop + 1, size=2)
+    x = common.to_tensor(np.stack([render(scene_at(TRAIN_SEED + 100, i), 128, texture="stripes" if s else None)
+                                   for i, s in zip(indices, striped)]))
+    ys, xs = rng.integers(0, (128 - cfg.crop) // 8 + 1, size=2) * 8  # on the 8-pixel grid of the latents
     return x[..., ys:ys + cfg.crop, xs:xs + cfg.crop]
 
 
 def vae_file() -> Path:
-    """Where stage ``vae`` leaves the trained autoencoder for the later stages."""
+    """Where stage ``vae`` leaves the trained autoencoder for the checkpoint."""
     return common.WORK / "vae.safetensors"
 
 
-def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None) -> AutoencoderKL:
+def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, checkpoint: Path = CHECKPOINT,
+              measure_quality: bool = True) -> AutoencoderKL:
+    """Train the decoder of the block-mean code (the encoder stays as set, so the latents every other stage
+    trains on do not depend on this one) to reconstruct sharp renders from posterior samples."""
     out = out or vae_file()
     common.seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = AutoencoderKL(VAE_CONFIG).to(device)
-    with torch.no_grad():  # start with a narrow posterior (std e^-4): unit-variance noise would drown the code
-        vae.quant_conv.bias[VAE_CONFIG.embed_dim:] = -8.0
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    vae = fixed_encoder_vae(cfg.seed).to(device)
+    scale = vae.quant_conv.weight[0, 0, 0, 0].item()
+    logvar = vae.quant_conv.bias[VAE_CONFIG.embed_dim:].to(device)
+    vae.requires_grad_(False)
+    trained = list(vae.decoder.parameters())
+    for p in trained:
+        p.requires_grad_(True)
+    frozen = base_path(vae.decoder)
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     log = Log("vae", out.with_suffix(".log.jsonl"), cfg.steps, {"training": cfg, "vae": VAE_CONFIG})
     gen = torch.Generator(device).manual_seed(cfg.seed)
+    held_out = common.to_tensor(common.render_set(common.EVAL_SEED, range(16))).to(device)
     for step in range(cfg.steps):
-        common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr, warmup=100))
+        common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr, warmup=200))
         x = vae_batch(step, cfg, rng).to(device)
-        moments = vae.quant_conv(vae.encoder(x))
-        mean, logvar = moments.chunk(2, dim=1)
-        logvar = logvar.clamp(-30, 20)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=device)
-        y = vae.decode(z)
+        mean = block_means(x) * scale
+        z = mean + torch.exp(0.5 * logvar).view(1, -1, 1, 1) * torch.randn(mean.shape, generator=gen, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            y = vae.decode(z).float()
         l1 = (y - x).abs().mean()
         grad = sum((a - b).abs().mean() for a, b in zip(image_gradients(y), image_gradients(x)))
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
-        loss = l1 + grad + cfg.kl_weight * kl
+        loss = l1 + grad
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        for param, index in frozen:
+            param.grad[index] = 0.0
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
-        if step % 100 == 0 or step == cfg.steps - 1:
-            log.step(step + 1, l1=l1.item(), grad=grad.item(), kl=kl.item())
+        if step % 50 == 0 or step == cfg.steps - 1:
+            extra = {"held_out_psnr": _psnr(vae, held_out)} if step % 250 == 0 or step == cfg.steps - 1 else {}
+            log.step(step + 1, l1=l1.item(), grad=grad.item(), **extra)
     vae.eval()
-    scale = calibrate(vae, device, cfg.calibration_images)
-    metrics = {"psnr_db": vae_psnr(vae, device, cfg.eval_images), "latent_scale_applied": scale, "train_minutes": round(log.minutes, 1)}
+    metrics = {"psnr_db": vae_psnr(vae, device, cfg.eval_images), "latent_scale_applied": scale,
+               "train_minutes": round(log.minutes, 1)}
     log.close(**metrics)
-    common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": cfg, "metrics": metrics},
+    common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": cfg, "metrics": metrics,
+                                        "encoder": "fixed block-mean code (block_code_init), not trained"},
                 dtype=torch.float32)
+    assemble_if_ready(checkpoint, measure_quality)
     return vae
 
 
+_CONSTANT = 300.0  # the value of each group's constant channel (see block_code_init)
+
+
 @torch.no_grad()
-def calibrate(vae: AutoencoderKL, device: torch.device, n: int = 512) -> float:
-    """Rescale the latent space so that ``LATENT_SCALE * latent`` has unit standard deviation."""
-    x = common.to_tensor(common.render_set(TRAIN_SEED, range(n))).to(device)
-    latents = torch.cat([vae.encode(chunk) for chunk in x.split(64)])
-    s = 1.0 / (LATENT_SCALE * latents.std().item())
+def block_code_init(vae: AutoencoderKL) -> None:
+    """Set ``vae`` (random weights, any ``ch`` >= 9) to encode the mean colour of each 8x8 block into latent
+    channels 0-2 and to decode it back by nearest-neighbour upsampling, exactly enough that training starts
+    at the reconstruction error of that code instead of at the mean image.
+
+    Colour ``c`` travels in GroupNorm group ``c`` as three channels ``(u, -u, K)``: with the constant ``K``
+    much larger than ``u`` a group's statistics hardly depend on the image, so GroupNorm is affine, and
+    its scale and bias undo the normalisation; ``silu(u) - silu(-u)`` is exactly ``u``, in any precision. No ResnetBlock's ``conv2`` nor the attention's ``proj_out`` writes to the signal
+    groups; the other channels keep their random weights, except that none reads a constant channel
+    (whose value would drown the signal in every later GroupNorm), and they feed the decoder's
+    ``conv_out`` through weights that start nearly at zero. Downsampling averages each 2x2 block;
+    upsampling copies (a smoothing kernel would shrink ``K`` at the zero-padded border and shift every
+    group's statistics). The posterior starts narrow (log-variance -8)."""
+    config = vae.config
+    assert config.ch // 32 >= 3 and config.z_channels == config.embed_dim >= 3
+    center = torch.zeros(3, 3)
+    center[1, 1] = 1.0
+    average = torch.zeros(3, 3)
+    average[:2, :2] = 0.25  # a stride-2 conv over the right/bottom-padded input: taps 0 and 1 are 2i, 2i+1
+    groups = [(3 * c, 3 * c + 1, 3 * c + 2) for c in range(3)]
+
+    for module in vae.modules():  # blocks add nothing to the signal groups
+        for name in ("conv2", "proj_out"):
+            if hasattr(module, name) and isinstance(getattr(module, name), torch.nn.Conv2d):
+                getattr(module, name).weight[:9] = 0.0
+                getattr(module, name).bias[:9] = 0.0
+
+    def split(conv: torch.nn.Conv2d) -> None:  # input channel c -> (u, -u, K) in group c
+        for c, (u, v, k) in enumerate(groups):
+            conv.weight[[u, v, k]] = 0.0
+            conv.weight[u, c], conv.weight[v, c] = center, -center
+            conv.bias[[u, v, k]] = torch.tensor([0.0, 0.0, _CONSTANT])
+
+    def carry(conv: torch.nn.Conv2d, taps: torch.Tensor) -> None:  # each signal channel maps to itself
+        for channel in (ch for group in groups for ch in group):
+            conv.weight[channel] = 0.0
+            conv.weight[channel, channel] = taps
+            conv.bias[channel] = 0.0
+
+    def merge(norm: torch.nn.GroupNorm, conv: torch.nn.Conv2d) -> None:  # group c -> output channel c
+        std = (2.0 / 9.0) ** 0.5 * _CONSTANT  # of (u, -u, K) for small u; the group's mean is K / 3
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for c, (u, v, k) in enumerate(groups):
+            norm.weight[[u, v, k]] = torch.tensor([std, std, 0.0])
+            norm.bias[[u, v, k]] = torch.tensor([_CONSTANT / 3] * 2 + [0.0])
+            conv.weight[c, u], conv.weight[c, v] = center, -center
+
+    encoder, decoder = vae.encoder, vae.decoder
+    split(encoder.conv_in)
+    for level in encoder.down:
+        if level.downsample is not None:
+            carry(level.downsample.conv, average)
+    merge(encoder.norm_out, encoder.conv_out)
+    split(decoder.conv_in)
+    for level in decoder.up:
+        if level.upsample is not None:
+            carry(level.upsample.conv, center)
+    merge(decoder.norm_out, decoder.conv_out)
+    for conv in _group_structured_convs(vae):  # the other channels read the signal, not the constants
+        conv.weight[9:, _CONSTANTS] = 0.0
+    decoder.conv_out.weight[:, 9:].normal_(0.0, 1e-4)  # not zero, so that training reaches the other channels
+    dim = config.embed_dim
+    for conv in (vae.quant_conv, vae.post_quant_conv):
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:dim, :dim, 0, 0] = torch.eye(dim)
+    vae.quant_conv.bias[dim:] = -8.0
+
+
+_CONSTANTS = [2, 5, 8]
+
+
+def _group_structured_convs(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    """The 3x3/1x1 convolutions whose input channels are laid out in the (u, -u, K) groups."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels >= 9
+            and m.out_channels >= 9]
+
+
+def base_path(decoder) -> list[tuple[torch.nn.Parameter, tuple]]:
+    """(parameter, index) of every weight the decoder's block-mean path runs through: what writes to the
+    signal groups and what reads them into the output. Training leaves these as set (Adam moves every
+    weight of a 96x3x3 convolution at the same rate, which shifts the constant channels and with them
+    every group's normalisation within a hundred steps) and learns the rest, a correction added to the
+    nearest-neighbour picture from the other channels."""
+    signal = slice(0, 9)
+    out = [(decoder.norm_out.weight, (signal,)), (decoder.norm_out.bias, (signal,)),
+           (decoder.conv_out.weight, (slice(None), signal))]
+    out += [(conv.weight, (slice(9, None), _CONSTANTS)) for conv in _group_structured_convs(decoder)]
+    for module in decoder.modules():
+        for name in ("conv_in", "conv2", "proj_out", "conv"):
+            conv = getattr(module, name, None)
+            if isinstance(conv, torch.nn.Conv2d) and conv is not decoder.conv_out:
+                out += [(conv.weight, (signal,)), (conv.bias, (signal,))]
+    return out
+
+
+@torch.no_grad()
+def rescale_latents(vae: AutoencoderKL, s: float) -> float:
+    """Multiply the latent space by ``s`` without changing what decodes: the mean half of ``quant_conv`` is
+    scaled by ``s``, ``post_quant_conv``'s weight by ``1/s``, the log-variance moves by ``2 log s``."""
     c = vae.config.embed_dim
     vae.quant_conv.weight[:c] *= s
     vae.quant_conv.bias[:c] *= s
@@ -143,9 +287,15 @@ def calibrate(vae: AutoencoderKL, device: torch.device, n: int = 512) -> float:
 
 @torch.no_grad()
 def vae_psnr(vae: AutoencoderKL, device: torch.device, n: int = 256) -> float:
-    """Reconstruction PSNR (dB) on held-out renders at 128 pixels."""
+    """Reconstruction PSNR (dB) on held-out renders at 128 pixels, through the encoder and the decoder."""
     x = common.to_tensor(common.render_set(common.EVAL_SEED, range(n))).to(device)
-    y = torch.cat([vae.decode(vae.encode(chunk)).clamp(-1, 1) for chunk in x.split(64)])
+    return _psnr(vae, x, encode=vae.encode)
+
+
+@torch.no_grad()
+def _psnr(vae: AutoencoderKL, x: torch.Tensor, encode=None) -> float:
+    encode = encode or (lambda chunk: block_means(chunk) * vae.quant_conv.weight[0, 0, 0, 0])
+    y = torch.cat([vae.decode(encode(chunk)).clamp(-1, 1) for chunk in x.split(16)])
     mse = ((y - x) / 2).pow(2).mean().item()
     return round(10 * np.log10(1 / mse), 2)
 
@@ -181,19 +331,13 @@ def encode_text(clip: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, seed: int, n: int, device, texture: str | None = None) -> torch.Tensor:
-    """Scaled latents (``LATENT_SCALE`` applied) of renders 0..n-1 of the set ``seed``, cached on disk."""
-    cache = common.WORK / f"latents-{seed}-{n}-{texture or 'plain'}.pt"
-    if cache.is_file() and cache.stat().st_mtime > vae_file().stat().st_mtime:
-        return torch.load(cache, weights_only=True)
-    out = []
-    for start in range(0, n, 256):
-        images = common.render_set(seed, range(start, min(n, start + 256)), texture=texture)
-        out.append(vae.encode(common.to_tensor(images).to(device)).mul(LATENT_SCALE).half().cpu())
-    latents = torch.cat(out)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(latents, cache)
-    return latents
+def encode_latents(seed: int, n: int, device, texture: str | None = None) -> torch.Tensor:
+    """Scaled latents (``LATENT_SCALE`` applied) of renders 0..n-1 of the set ``seed``: what the shipped
+    encoder gives them, whichever decoder has been trained."""
+    s = latent_scale() * LATENT_SCALE
+    out = [block_means(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), texture=texture)))
+           for start in range(0, n, 500)]
+    return (torch.cat(out) * s).to(device)
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -203,12 +347,12 @@ def alphas_cumprod() -> torch.Tensor:
 
 
 def diffusion_loss(unet, x0, context, t, noise, ab, min_snr, control=None):
-    """Min-SNR-weighted epsilon MSE at integer timesteps ``t``."""
+    """Epsilon MSE at integer timesteps ``t``, min-SNR weighted unless ``min_snr`` is None."""
     a = ab[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     eps = unet(xt, t.float(), context, control=control)
     snr = a / (1 - a)
-    weight = torch.clamp(snr, max=min_snr) / snr
+    weight = torch.clamp(snr, max=min_snr) / snr if min_snr else torch.ones_like(snr)
     return (weight * (eps.float() - noise).pow(2)).mean()
 
 
@@ -221,10 +365,16 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
     common.seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    vae = load_vae(device=device)
-    latents = encode_latents(vae, TRAIN_SEED, cfg.images, device).to(device)
-    unet = UNetModel(UNET_CONFIG).to(device)
-    clip = CLIPTextModel(CLIP_CONFIG).to(device)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device)
+    unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
+    previous = None
+    if cfg.resume:
+        from safetensors.torch import load_file
+        previous = common.metadata_of(t2i_file())
+        weights = load_file(str(t2i_file()))
+        unet.load_state_dict(_unprefixed(weights, "model.diffusion_model."))
+        clip.load_state_dict(_unprefixed(weights, "cond_stage_model.transformer."))
+    unet, clip = unet.to(device), clip.to(device)
     params = list(unet.parameters()) + list(clip.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     ema_unet, ema_clip = common.EMA(unet, cfg.ema), common.EMA(clip, cfg.ema)
@@ -248,24 +398,52 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
         ema_clip.update(clip, step)
         if step % 100 == 0 or step == cfg.steps - 1:
             log.step(step + 1, loss=loss.item())
-    vae_meta = common.metadata_of(vae_file())
-    tensors = {**common.prefixed("model.diffusion_model.", ema_unet.state_dict(unet)),
-               **common.prefixed("cond_stage_model.transformer.", ema_clip.state_dict(clip)),
-               **common.prefixed("first_stage_model.", vae.state_dict())}
+    log.close()
+    common.save(t2i_file(), {**common.prefixed("model.diffusion_model.", ema_unet.state_dict(unet)),
+                             **common.prefixed("cond_stage_model.transformer.", ema_clip.state_dict(clip))},
+                {"training": [*_as_list((previous or {}).get("training")), cfg] if cfg.resume else [cfg],
+                 "device": str(device),
+                 "train_minutes": round(log.minutes + float((previous or {}).get("train_minutes", 0)), 1)})
+    return assemble_if_ready(out, measure_quality)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _unprefixed(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+
+
+def t2i_file() -> Path:
+    """Where stage ``t2i`` leaves the UNet and text encoder (EMA weights) for the checkpoint."""
+    return common.WORK / "t2i.safetensors"
+
+
+def networks_file() -> Path:
+    """The UNet and text encoder the ControlNet and LoRA train against: the t2i stage's output when this
+    machine has trained one, else the shipped checkpoint (the same networks)."""
+    return t2i_file() if t2i_file().is_file() else CHECKPOINT
+
+
+def assemble_if_ready(out: Path = CHECKPOINT, measure_quality: bool = True) -> Path | None:
+    """Write the checkpoint from the two stages' files once both exist (stages ``vae`` and ``t2i`` are
+    independent and may run in either order, or at once), then measure it."""
+    if not (vae_file().is_file() and t2i_file().is_file()):
+        print("[checkpoint] waiting for the other stage (vae or t2i) before writing the checkpoint", flush=True)
+        return None
+    from safetensors.torch import load_file
+    vae_meta, t2i_meta = common.metadata_of(vae_file()), common.metadata_of(t2i_file())
+    tensors = {**load_file(str(t2i_file())), **common.prefixed("first_stage_model.", load_file(str(vae_file())))}
     metadata = {"config": {"unet": UNET_CONFIG, "clip": CLIP_CONFIG, "vae": VAE_CONFIG},
-                "training": {"t2i": cfg, "vae": vae_meta.get("training")},
-                "device": str(device), "train_minutes": round(log.minutes, 1),
+                "training": {"t2i": t2i_meta.get("training"), "vae": vae_meta.get("training")},
+                "vae_encoder": vae_meta.get("encoder"), "device": t2i_meta.get("device"),
+                "train_minutes": {"t2i": t2i_meta.get("train_minutes"),
+                                  "vae": (vae_meta.get("metrics") or {}).get("train_minutes")},
                 "modelspec.prediction_type": "epsilon"}
     metrics = {"vae": vae_meta.get("metrics")}
     common.save(out, tensors, {**metadata, "metrics": metrics})
+    print(f"[checkpoint] wrote {out}", flush=True)
     if measure_quality:
-        metrics.update(measure())
-        common.save(out, tensors, {**metadata, "metrics": metrics})
-    log.close(**metrics)
+        common.measure_file(out, "checkpoint")
     return out
-
-
-def measure() -> dict:
-    """Adherence of the shipped checkpoint (as the txt2img workflow finds it), through Loom's own loading and sampling path."""
-    from ..quality import txt2img_adherence
-    return {"txt2img": txt2img_adherence(seeds=1), "txt2img_cfg1": txt2img_adherence(cfg=1.0, seeds=1)}

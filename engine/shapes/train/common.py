@@ -156,8 +156,12 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, dtype=tor
     for k, v in metadata.items():  # kohya's ss_* and the modelspec.* keys keep their own names
         name = k if k.startswith(("ss_", "modelspec.")) else f"loom.{k}"
         meta[name] = v if isinstance(v, str) else json.dumps(v, default=_jsonable)
+    _write(path, out, meta)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], raw_metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(out, str(tmp), metadata=meta)
+    save_file(tensors, str(tmp), metadata=raw_metadata)
     tmp.chmod(0o644)
     os.replace(tmp, path)
 
@@ -184,3 +188,32 @@ def batches(n_items: int, batch_size: int, steps: int, seed: int):
             order, at = rng.permutation(n_items), 0
         yield order[at:at + batch_size]
         at += batch_size
+
+
+def measure_file(path: Path, kind: str) -> dict:
+    """Measure a shipped file through its workflows (:mod:`engine.shapes.quality`, fp32) and record the numbers
+    in its metadata next to what is there. ``kind``: ``checkpoint``, ``controlnet`` or ``lora``. The checkpoint
+    must be in place first: every measurement samples it."""
+    from safetensors.torch import load_file
+
+    from ... import memory
+    from .. import quality
+
+    memory.configure("auto", "fp32")
+    if kind == "checkpoint":
+        found = {"txt2img": quality.txt2img_adherence(seeds=1), "txt2img_cfg1": quality.txt2img_adherence(cfg=1.0, seeds=1),
+                 "inpaint": quality.inpaint_adherence(n=8), "sdedit": quality.sdedit_follow(n=8)}
+    elif kind == "controlnet":
+        found = quality.controlnet_adherence(n=8)
+    elif kind == "lora":
+        found = quality.lora_effect(n=6)
+    else:
+        raise ValueError(f"nothing to measure for {kind!r}")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = dict(f.metadata() or {})
+    raw["loom.metrics"] = json.dumps({**json.loads(raw.get("loom.metrics", "{}")), **found}, default=_jsonable)
+    _write(path, load_file(str(path)), raw)
+    print(f"[measure] {path.name}: {json.dumps(found)}", flush=True)
+    return found

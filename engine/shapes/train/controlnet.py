@@ -20,7 +20,7 @@ from ...models.clip import CLIPTextModel
 from ...models.controlnet import ControlNetConfig, ControlNetModel
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
+from .checkpoint import (CHECKPOINT, networks_file, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
                          diffusion_loss, encode_latents, encode_text)
 from .common import ASSETS, TRAIN_SEED, Log
 
@@ -32,7 +32,7 @@ CANNY_THRESHOLDS = (0.4, 0.8)  # the Canny node's defaults
 @dataclass(frozen=True)
 class ControlNetTraining:
     images: int = 8000
-    steps: int = 3000
+    steps: int = 1500
     batch: int = 32
     lr: float = 2e-4
     p_uncond: float = 0.5
@@ -72,12 +72,12 @@ def controlnet_from_unet(unet: UNetModel) -> ControlNetModel:
     return net
 
 
-def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = CONTROLNET, base: Path = CHECKPOINT,
+def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = CONTROLNET, base: Path | None = None,
                      measure_quality: bool = True) -> Path:
-    from .checkpoint import load_vae
     common.seed_everything(cfg.seed)
+    base = base or networks_file()
     unet, clip = load_checkpoint_networks(base, device)
-    latents = encode_latents(load_vae(device=device), TRAIN_SEED, cfg.images, device).to(device)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device)
     hints = torch.cat([edges_of(common.render_set(TRAIN_SEED, range(s, min(cfg.images, s + 500))))
                        for s in range(0, cfg.images, 500)])
     net = controlnet_from_unet(unet).to(device).train()
@@ -109,12 +109,9 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
             log.step(step + 1, loss=loss.item())
     tensors = common.prefixed("control_model.", ema.state_dict(net))
     metadata = {"config": CONFIG, "training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
-                "base_checkpoint": base.name, "hint": "canny_edges (0.4, 0.8) of the image, 3 channels"}
-    common.save(out, tensors, metadata)
-    metrics = {}
+                "base_checkpoint": CHECKPOINT.name, "hint": "canny_edges (0.4, 0.8) of the image, 3 channels"}
+    common.save(out, tensors, {**metadata, "metrics": {}})
+    log.close()
     if measure_quality:
-        from ..quality import controlnet_adherence
-        metrics = controlnet_adherence(n=8)
-        common.save(out, tensors, {**metadata, "metrics": metrics})
-    log.close(**metrics)
+        common.measure_file(out, "controlnet")
     return out

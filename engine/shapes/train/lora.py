@@ -18,8 +18,8 @@ from torch import nn
 from ...loading.lora import diffusers_unet_names
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
-                         encode_latents, encode_text, load_vae)
+from .checkpoint import (CHECKPOINT, networks_file, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
+                         encode_latents, encode_text)
 from .common import ASSETS, TRAIN_SEED, Log
 from .controlnet import load_checkpoint_networks
 
@@ -30,7 +30,7 @@ TEXTURE = "stripes"
 @dataclass(frozen=True)
 class LoRATraining:
     images: int = 6000
-    steps: int = 2000
+    steps: int = 1200
     batch: int = 32
     rank: int = 8
     alpha: float = 8.0
@@ -92,11 +92,17 @@ def kohya_state_dict(adapters: dict[str, LoRA], alpha: float) -> dict[str, torch
     return out
 
 
-def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: Path = CHECKPOINT,
+def lora_config(cfg: LoRATraining, modules: int) -> dict:
+    return {"rank": cfg.rank, "alpha": cfg.alpha, "modules": modules, "unet": UNET_CONFIG,
+            "targets": "attention q/k/v/out, feed-forward, proj_in/proj_out, res-block 3x3 convs"}
+
+
+def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: Path | None = None,
                measure_quality: bool = True) -> Path:
     common.seed_everything(cfg.seed)
+    base = base or networks_file()
     unet, clip = load_checkpoint_networks(base, device)
-    latents = encode_latents(load_vae(device=device), TRAIN_SEED, cfg.images, device, texture=TEXTURE).to(device)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device, texture=TEXTURE)
     adapters = add_adapters(unet, cfg.rank, cfg.alpha)
     params = [p for a in adapters.values() for p in (a.down.weight, a.up.weight)]
     for p in params:
@@ -123,15 +129,12 @@ def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: 
         if step % 100 == 0 or step == cfg.steps - 1:
             log.step(step + 1, loss=loss.item())
     tensors = kohya_state_dict(adapters, cfg.alpha)
-    metadata = {"training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
-                "base_checkpoint": base.name, "effect": "diagonal stripes inside shapes",
+    metadata = {"config": lora_config(cfg, len(adapters)), "training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
+                "base_checkpoint": CHECKPOINT.name, "effect": "diagonal stripes inside shapes",
                 "ss_network_module": "networks.lora", "ss_network_dim": str(cfg.rank),
                 "ss_network_alpha": str(cfg.alpha)}
-    common.save(out, tensors, metadata)
-    metrics = {}
+    common.save(out, tensors, {**metadata, "metrics": {}})
+    log.close()
     if measure_quality:
-        from ..quality import lora_effect
-        metrics = lora_effect(n=6)
-        common.save(out, tensors, {**metadata, "metrics": metrics})
-    log.close(**metrics)
+        common.measure_file(out, "lora")
     return out
