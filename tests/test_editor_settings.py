@@ -30,7 +30,8 @@ def test_settings_persist_and_apply(window, tmp_path, loom_paths):
                         model_dirs=[("checkpoints", str(folder))], model_budget_gb=3.0)
     window.apply_settings(settings)
     assert Settings.load(config_settings(window.config_dir)) == settings
-    assert loom_paths.list_models("checkpoints") == ["sub/model.safetensors"]
+    # the added folder's model is offered beside the checkpoint Loom ships
+    assert loom_paths.list_models("checkpoints") == ["loom-shapes.safetensors", "sub/model.safetensors"]
     assert window.runner.executor.cache.max_bytes == 512 * 1024**2
     assert not theme.PALETTE.dark
     from engine import memory

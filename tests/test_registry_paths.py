@@ -129,7 +129,7 @@ def test_model_folders_and_extra_model_paths_yaml(tmp_path):
                  models/Lora
                  models/LyCORIS
     """)
-    paths = Paths(base=tmp_path / "loom")
+    paths = Paths(base=tmp_path / "loom", shipped_models=False)  # only the user's folders here
     (paths.base / "models" / "checkpoints").mkdir(parents=True)
     (paths.base / "models" / "checkpoints" / "local.safetensors").write_bytes(b"x")
     paths.load_extra_model_paths(yaml_file)
