@@ -616,7 +616,7 @@ def _reroutes(doc_extra: dict, link_parents: dict[int, Any]) -> dict:
             passing.setdefault(parent, []).append(link_id)
             parent = parent_of.get(parent)
     for r in reroutes:
-        if r.get("id") in passing:
+        if _int(r.get("id")) in passing:
             r["linkIds"] = passing[r["id"]]
     out = dict(doc_extra)
     if reroutes:
