@@ -68,6 +68,29 @@ def test_checkpoint_generates_through_the_sd1_path(trained):
     assert image.shape == (1, 128, 128, 3) and torch.isfinite(image).all()
 
 
+def test_a_resumed_run_starts_from_the_last_weights_and_adds_to_the_record(trained):
+    work, path = trained
+    from safetensors.torch import load_file
+    before = load_file(str(ck.t2i_file()))
+    first = common.metadata_of(ck.t2i_file())
+    # zero steps: the saved networks are exactly the ones resumed from (EMA of unchanged weights)
+    ck.train_t2i(replace(ck.T2ITraining(), steps=0, images=16, batch=4, resume=True, lr=1e-4), CPU,
+                 out=work / "resumed.safetensors", measure_quality=False)
+    after = load_file(str(ck.t2i_file()))
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    meta = common.metadata_of(ck.t2i_file())
+    assert [run["lr"] for run in meta["training"]] == [first["training"][0]["lr"], 1e-4]
+    assert float(meta["train_minutes"]) >= float(first["train_minutes"])
+    assert common.metadata_of(work / "resumed.safetensors")["train_minutes"]["t2i"] == float(meta["train_minutes"])
+    assert all(run.get("resume") for run in ck.T2I_RUNS[1:]) and not ck.T2I_RUNS[0].get("resume")
+    vae_before = load_file(str(ck.vae_file()))
+    ck.train_vae(replace(ck.VAETraining(), steps=0, eval_images=4, resume=True), CPU,
+                 checkpoint=work / "resumed.safetensors", measure_quality=False)
+    vae_after = load_file(str(ck.vae_file()))
+    assert all(torch.equal(vae_after[k], vae_before[k]) for k in vae_before)
+    assert [run["resume"] for run in common.metadata_of(ck.vae_file())["training"]] == [False, True]
+
+
 def test_the_encoder_is_the_calibrated_block_mean_code(trained):
     """The shipped encoder computes what the trainers use as latents (8x8 block means, scaled), and
     0.18215 x latent has about unit standard deviation, as SD1 latents do."""
@@ -123,6 +146,27 @@ def test_controlnet_file_loads_for_the_checkpoint(trained):
     control = load_controlnet(out)
     assert control.config.unet.model_channels == ck.UNET_CONFIG.model_channels
     assert control.config.hint_block_channels == (16, 32, 64, 128)
+    from safetensors.torch import load_file
+    before = load_file(str(out))
+    train_controlnet(replace(ControlNetTraining(), steps=0, images=8, batch=2, resume=True), CPU, out=out, base=path,
+                     measure_quality=False)  # a resumed run starts from the file's weights
+    assert all(torch.equal(v, load_file(str(out))[k]) for k, v in before.items())
+    assert [run["resume"] for run in common.metadata_of(out)["training"]] == [False, True]
+
+
+def test_controlnet_hints_are_what_the_workflows_canny_node_computes():
+    import json
+
+    from engine.paths import ROOT
+    from engine.shapes.train.controlnet import CANNY_THRESHOLDS, edges_of
+    doc = json.loads((ROOT / "workflows" / "shapes" / "controlnet_canny.json").read_text())
+    canny = next(n for n in doc["nodes"] if n["type"] == "Canny")
+    assert (canny["values"]["low_threshold"], canny["values"]["high_threshold"]) == CANNY_THRESHOLDS
+    # a blue cross on gray differs little in luma: its outline must still be in the hint
+    from engine.shapes.evaluate import outlines
+    from engine.shapes.scene import render
+    image = render(scene_at(12, 0, max_shapes=1), 128)
+    assert edges_of(image[None])[0].sum() > 0.5 * outlines(image).sum()
 
 
 def test_lora_is_kohya_format_and_matches_every_module(trained):

@@ -124,27 +124,41 @@ def inpaint_adherence(n: int = 8) -> dict:
             "samples": n}
 
 
-def sdedit_follow(n: int = 8, strengths=(0.3, 0.9)) -> dict:
-    """SDEdit workflow: how often the input's shape survives (layout kept) and the prompt's shape appears,
-    per strength. Input and prompt differ in colour and kind."""
+def sdedit_follow(n: int = 8, strengths=(0.15, 0.3, 0.9)) -> dict:
+    """SDEdit workflow, per strength: how much of the input's layout survives (``layout_iou``: the best
+    silhouette IoU of a found shape with the input's shape), how often the input's shape survives whole
+    (``input_kept``: its colour and kind) and how often the prompt's appears (``prompt_followed``: its colour
+    and kind). The prompt asks for another colour and kind at the opposite position, so following it moves the
+    shape away from where the input has it."""
     out = {}
     for strength in strengths:
-        kept, followed = [], []
+        kept, followed, layout = [], [], []
         for i in range(n):
             scene = scene_at(EVAL_SEED + 30, i, max_shapes=1)
             src = scene.shapes[0]
             kind = next(k for k in ("star", "square", "circle", "cross") if k != src.kind)
             colour = next(c for c in ("blue", "red", "green", "purple") if c != src.colour
                           and c not in scene.background.colours)
-            prompt = f"a {src.size} {colour} {kind} {src.position}"
+            prompt = f"a {src.size} {colour} {kind} {_opposite(src.position)}"
             image = run_workflow("sdedit", {"Input scene": {"description": _caption_of(scene), "seed": i},
                                             "Positive": {"text": prompt}, "SDEdit": {"strength": strength, "seed": i}})
             found = find_shapes(image)
+            target = shape_masks(scene, image.shape[0])[0]
+            layout.append(max((mask_iou(f.mask, target) for f in found), default=0.0))
             kept.append(any(matches(f, src.kind, src.colour) for f in found))
             followed.append(any(matches(f, kind, colour) for f in found))
-        out[f"strength_{strength}"] = {"input_kept": round(float(np.mean(kept)), 3),
+        out[f"strength_{strength}"] = {"layout_iou": round(float(np.mean(layout)), 3),
+                                       "input_kept": round(float(np.mean(kept)), 3),
                                        "prompt_followed": round(float(np.mean(followed)), 3)}
     return out | {"samples": n}
+
+
+def _opposite(position: str) -> str:
+    """The position mirrored through the centre ("on the left" -> "on the right"); the centre -> top left."""
+    if position == "in the center":
+        return "at the top left"
+    swap = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+    return " ".join(swap.get(word, word) for word in position.split())
 
 
 def _caption_of(scene) -> str:

@@ -6,7 +6,8 @@ For each shipped file it runs the workflow that uses it and scores the images wi
 (engine.shapes.evaluate), printing one table plus JSON:
 - txt2img: requested colour AND kind found, at the default CFG (6) and at CFG 1 (the guidance baseline);
 - inpainting: the prompt's shape inside the mask; pixels outside it bit-identical to the input;
-- SDEdit: at strength 0.3 the input shape survives, at 0.9 the prompt's shape appears;
+- SDEdit: the input's layout (silhouette IoU) at strengths 0.15, 0.3, 0.9 while the prompt asks for another
+  colour and kind at the opposite position; the prompt's shape found;
 - ControlNet: outline IoU with the control edges (2 px tolerance) and silhouette IoU, with the prompt's colour;
 - upscaler: PSNR against the 256 px render, next to bicubic (the baseline);
 - LoRA: stripe energy inside shapes at strength 1 against strength 0 (the baseline);

@@ -13,8 +13,8 @@ def main(argv=None):
                         help="measure: re-measure the checkpoint, ControlNet and LoRA in assets/ into their metadata")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=None, help="override the number of steps (quick trials)")
-    parser.add_argument("--resume", action="store_true",
-                        help="t2i: only the second run, from the first run's weights in build/shapes/")
+    parser.add_argument("--from-run", type=int, default=1, metavar="K",
+                        help="vae, t2i, controlnet: start at run K of their *_RUNS, from run K-1's weights")
     args = parser.parse_args(argv)
     device = common.pick_device(args.device)
     if args.model == "measure":
@@ -26,10 +26,10 @@ def main(argv=None):
                 common.measure_file(path, kind)
         return
     for model in MODELS if args.model == "all" else (args.model,):
-        train(model, device, args.steps, args.resume)
+        train(model, device, args.steps, args.from_run)
 
 
-def train(model: str, device, steps: int | None = None, resume: bool = False):
+def train(model: str, device, steps: int | None = None, from_run: int = 1):
     if model == "vae":
         from .checkpoint import VAETraining as Config, train_vae as run
     elif model == "t2i":
@@ -40,14 +40,14 @@ def train(model: str, device, steps: int | None = None, resume: bool = False):
         from .lora import LoRATraining as Config, train_lora as run
     else:
         from .upscaler import UpscalerTraining as Config, train_upscaler as run
-    cfg = Config()
-    if model == "t2i":  # two runs: the second resumes the first with the plain epsilon loss
-        from .checkpoint import T2I_SECOND_RUN
-        second = replace(cfg, **T2I_SECOND_RUN)
-        if not resume:
-            run(replace(cfg, steps=steps or cfg.steps), device)
-        return run(replace(second, steps=steps or second.steps), device)
-    return run(replace(cfg, steps=steps or cfg.steps), device)
+    from .checkpoint import T2I_RUNS, VAE_RUNS
+    from .controlnet import CONTROLNET_RUNS
+    out = None
+    runs = {"vae": VAE_RUNS, "t2i": T2I_RUNS, "controlnet": CONTROLNET_RUNS}.get(model, (dict(),))
+    for overrides in runs[from_run - 1:]:  # each resumes the one before
+        cfg = replace(Config(), **overrides)
+        out = run(replace(cfg, steps=steps or cfg.steps), device)
+    return out
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class VAETraining:
     striped_fraction: float = 0.25
     eval_images: int = 64
     seed: int = 0
+    resume: bool = False  # go on from the last decoder (build/shapes/vae.safetensors) instead of the hand-set one
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,14 @@ class T2ITraining:
     resume: bool = False  # start from the previous run's weights (build/shapes/t2i.safetensors) instead of random
 
 
-# What the shipped checkpoint's UNet and text encoder had after the first run: a second run resumed from it with
-# the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors the decoder shows as blotches).
-T2I_SECOND_RUN = dict(steps=3000, lr=3e-4, min_snr=None, resume=True)
+# The runs that made the shipped decoder, each resuming the one before (the second at a lower rate).
+VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True))
+
+# The runs that made the shipped UNet and text encoder, each resuming the one before: the first with min-SNR-5
+# weights; the second with the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors
+# the decoder shows as blotches); the third longer, on four times the renders, at a lower rate.
+T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
+            dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
@@ -130,7 +136,12 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     out = out or vae_file()
     common.seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = fixed_encoder_vae(cfg.seed).to(device)
+    vae = fixed_encoder_vae(cfg.seed)
+    previous = None
+    if cfg.resume:
+        previous = common.metadata_of(out)
+        vae.load_state_dict(load_vae(out).state_dict())
+    vae = vae.to(device)
     scale = vae.quant_conv.weight[0, 0, 0, 0].item()
     logvar = vae.quant_conv.bias[VAE_CONFIG.embed_dim:].to(device)
     vae.requires_grad_(False)
@@ -162,10 +173,12 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
             extra = {"held_out_psnr": _psnr(vae, held_out)} if step % 250 == 0 or step == cfg.steps - 1 else {}
             log.step(step + 1, l1=l1.item(), grad=grad.item(), **extra)
     vae.eval()
+    earlier = previous.get("metrics", {}).get("train_minutes", 0) if previous else 0
     metrics = {"psnr_db": vae_psnr(vae, device, cfg.eval_images), "latent_scale_applied": scale,
-               "train_minutes": round(log.minutes, 1)}
+               "train_minutes": round(log.minutes + float(earlier), 1)}
     log.close(**metrics)
-    common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": cfg, "metrics": metrics,
+    runs = [*_as_list(previous.get("training")), cfg] if previous else [cfg]
+    common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": runs, "metrics": metrics,
                                         "encoder": "fixed block-mean code (block_code_init), not trained"},
                 dtype=torch.float32)
     assemble_if_ready(checkpoint, measure_quality)
@@ -346,11 +359,18 @@ def alphas_cumprod() -> torch.Tensor:
     return (1.0 / (1.0 + sigmas ** 2)).float()
 
 
-def diffusion_loss(unet, x0, context, t, noise, ab, min_snr, control=None):
-    """Epsilon MSE at integer timesteps ``t``, min-SNR weighted unless ``min_snr`` is None."""
+def noised(x0: torch.Tensor, ab: torch.Tensor, gen: torch.Generator):
+    """``(t, noise, x_t)``: a random integer timestep per sample and the forward process at it."""
+    t = torch.randint(0, len(ab), (len(x0),), generator=gen, device=x0.device)
+    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
     a = ab[t].view(-1, 1, 1, 1)
-    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return t, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def diffusion_loss(unet, xt, t, noise, context, ab, min_snr, control=None):
+    """Epsilon MSE of ``unet`` on ``x_t`` (from :func:`noised`), min-SNR weighted unless ``min_snr`` is None."""
     eps = unet(xt, t.float(), context, control=control)
+    a = ab[t].view(-1, 1, 1, 1)
     snr = a / (1 - a)
     weight = torch.clamp(snr, max=min_snr) / snr if min_snr else torch.ones_like(snr)
     return (weight * (eps.float() - noise).pow(2)).mean()
@@ -387,17 +407,12 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
         common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr))
         x0 = latents[torch.as_tensor(idx, device=device)].float()
         ids = captions.batch(captions_for(idx, rng, cfg), device)
-        t = torch.randint(0, 1000, (len(idx),), generator=gen, device=device)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        loss = diffusion_loss(unet, x0, encode_text(clip, ids), t, noise, ab, cfg.min_snr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        t, noise, xt = noised(x0, ab, gen)
+        loss = common.optimise(opt, diffusion_loss(unet, xt, t, noise, encode_text(clip, ids), ab, cfg.min_snr), params)
         ema_unet.update(unet, step)
         ema_clip.update(clip, step)
         if step % 100 == 0 or step == cfg.steps - 1:
-            log.step(step + 1, loss=loss.item())
+            log.step(step + 1, loss=loss)
     log.close()
     common.save(t2i_file(), {**common.prefixed("model.diffusion_model.", ema_unet.state_dict(unet)),
                              **common.prefixed("cond_stage_model.transformer.", ema_clip.state_dict(clip))},
@@ -438,7 +453,7 @@ def assemble_if_ready(out: Path = CHECKPOINT, measure_quality: bool = True) -> P
     metadata = {"config": {"unet": UNET_CONFIG, "clip": CLIP_CONFIG, "vae": VAE_CONFIG},
                 "training": {"t2i": t2i_meta.get("training"), "vae": vae_meta.get("training")},
                 "vae_encoder": vae_meta.get("encoder"), "device": t2i_meta.get("device"),
-                "train_minutes": {"t2i": t2i_meta.get("train_minutes"),
+                "train_minutes": {"t2i": float(t2i_meta.get("train_minutes", 0)),
                                   "vae": (vae_meta.get("metrics") or {}).get("train_minutes")},
                 "modelspec.prediction_type": "epsilon"}
     metrics = {"vae": vae_meta.get("metrics")}

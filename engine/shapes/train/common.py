@@ -125,6 +125,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, max_norm: float = 1.0) -> float:
+    """One optimiser step on ``loss`` with gradient-norm clipping; returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return loss.item()
+
+
 class EMA:
     """Exponential moving average of a module's floating-point state."""
 

@@ -19,7 +19,7 @@ from ...loading.lora import diffusers_unet_names
 from ...models.unet import UNetModel
 from . import common
 from .checkpoint import (CHECKPOINT, networks_file, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
-                         encode_latents, encode_text)
+                         encode_latents, encode_text, noised)
 from .common import ASSETS, TRAIN_SEED, Log
 from .controlnet import load_checkpoint_networks
 
@@ -119,15 +119,10 @@ def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: 
         x0 = latents[torch.as_tensor(idx, device=device)].float()
         with torch.no_grad():
             context = encode_text(clip, captions.batch(captions_for(idx, rng, t2i), device))
-        t = torch.randint(0, 1000, (len(idx),), generator=gen, device=device)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        loss = diffusion_loss(unet, x0, context, t, noise, ab, cfg.min_snr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        t, noise, xt = noised(x0, ab, gen)
+        loss = common.optimise(opt, diffusion_loss(unet, xt, t, noise, context, ab, cfg.min_snr), params)
         if step % 100 == 0 or step == cfg.steps - 1:
-            log.step(step + 1, loss=loss.item())
+            log.step(step + 1, loss=loss)
     tensors = kohya_state_dict(adapters, cfg.alpha)
     metadata = {"config": lora_config(cfg, len(adapters)), "training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
                 "base_checkpoint": CHECKPOINT.name, "effect": "diagonal stripes inside shapes",
