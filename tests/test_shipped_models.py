@@ -9,6 +9,7 @@ from engine.paths import SHIPPED_MODELS
 from engine.shapes import quality
 from engine.shapes.train import common
 from engine.shapes.train.checkpoint import CHECKPOINT, UNET_CONFIG, VAE_CONFIG
+from engine.shapes.train.controlnet import CONTROLNET
 from engine.shapes.train.lora import LORA
 from engine.shapes.train.upscaler import NETWORK, UPSCALER
 
@@ -21,7 +22,7 @@ def cpu_fp32():
 
 
 def test_shipped_weights_fit_the_budget():
-    assert {CHECKPOINT, UPSCALER, LORA} <= set(SHIPPED)
+    assert {CHECKPOINT, CONTROLNET, UPSCALER, LORA} <= set(SHIPPED)
     assert sum(p.stat().st_size for p in SHIPPED) < 30 * 2 ** 20
 
 
@@ -65,6 +66,14 @@ def test_checkpoint_workflows_run(name):
     image = quality.run_workflow(name)
     expected = {"outpaint": (128, 192), "hires_fix": (256, 256), "area_composition": (128, 256)}.get(name, (128, 128))
     assert image.shape[:2] == expected and image.std() > 5
+
+
+def test_controlnet_puts_the_shape_where_the_edges_are():
+    """The control scene's silhouette is matched far better with the ControlNet than without it (strength 0),
+    and the colour still comes from the prompt. The issue's goal, outline IoU 0.6, is not reached yet."""
+    on, off = quality.controlnet_adherence(n=4), quality.controlnet_adherence(n=4, strength=0.0)
+    assert on["mask_iou"] > off["mask_iou"] + 0.15 and on["edge_iou"] > off["edge_iou"], (on, off)
+    assert on["prompt_colour"] >= 0.5, on
 
 
 def test_lora_draws_stripes_at_strength_1_and_not_at_0():
