@@ -173,11 +173,11 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
             extra = {"held_out_psnr": _psnr(vae, held_out)} if step % 250 == 0 or step == cfg.steps - 1 else {}
             log.step(step + 1, l1=l1.item(), grad=grad.item(), **extra)
     vae.eval()
-    earlier = previous.get("metrics", {}).get("train_minutes", 0) if previous else 0
+    runs, minutes = common.run_record(previous, cfg, log.minutes,
+                                      previous and previous.get("metrics", {}).get("train_minutes"))
     metrics = {"psnr_db": vae_psnr(vae, device, cfg.eval_images), "latent_scale_applied": scale,
-               "train_minutes": round(log.minutes + float(earlier), 1)}
+               "train_minutes": minutes}
     log.close(**metrics)
-    runs = [*_as_list(previous.get("training")), cfg] if previous else [cfg]
     common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": runs, "metrics": metrics,
                                         "encoder": "fixed block-mean code (block_code_init), not trained"},
                 dtype=torch.float32)
@@ -414,16 +414,11 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
         if step % 100 == 0 or step == cfg.steps - 1:
             log.step(step + 1, loss=loss)
     log.close()
+    runs, minutes = common.run_record(previous, cfg, log.minutes, previous and previous.get("train_minutes"))
     common.save(t2i_file(), {**common.prefixed("model.diffusion_model.", ema_unet.state_dict(unet)),
                              **common.prefixed("cond_stage_model.transformer.", ema_clip.state_dict(clip))},
-                {"training": [*_as_list((previous or {}).get("training")), cfg] if cfg.resume else [cfg],
-                 "device": str(device),
-                 "train_minutes": round(log.minutes + float((previous or {}).get("train_minutes", 0)), 1)})
+                {"training": runs, "device": str(device), "train_minutes": minutes})
     return assemble_if_ready(out, measure_quality)
-
-
-def _as_list(value) -> list:
-    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def _unprefixed(weights: dict, prefix: str) -> dict:

@@ -134,6 +134,16 @@ def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, max_n
     return loss.item()
 
 
+def run_record(previous: dict | None, cfg, minutes: float, earlier_minutes=0) -> tuple[list, float]:
+    """``(training configs, total minutes)`` for a file's metadata: this run's alone, or appended to those of
+    the file it resumed (``previous``: that file's metadata; ``earlier_minutes``: the time it recorded)."""
+    if previous is None:
+        return [cfg], round(minutes, 1)
+    runs = previous.get("training")
+    runs = [] if runs is None else runs if isinstance(runs, list) else [runs]
+    return [*runs, cfg], round(minutes + float(earlier_minutes or 0), 1)
+
+
 class EMA:
     """Exponential moving average of a module's floating-point state."""
 

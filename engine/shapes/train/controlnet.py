@@ -22,7 +22,7 @@ from ...models.clip import CLIPTextModel
 from ...models.controlnet import ControlNetConfig, ControlNetModel
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, _as_list, networks_file, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
+from .checkpoint import (CHECKPOINT, networks_file, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
                          diffusion_loss, encode_latents, encode_text, noised)
 from .common import ASSETS, TRAIN_SEED, Log
 
@@ -115,9 +115,8 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
         if step % 100 == 0 or step == cfg.steps - 1:
             log.step(step + 1, loss=loss)
     tensors = common.prefixed("control_model.", ema.state_dict(net))
-    earlier = float(previous.get("train_minutes", 0)) if previous else 0.0
-    runs = [*_as_list(previous.get("training")), cfg] if previous else [cfg]
-    metadata = {"config": CONFIG, "training": runs, "device": str(device), "train_minutes": round(log.minutes + earlier, 1),
+    runs, minutes = common.run_record(previous, cfg, log.minutes, previous and previous.get("train_minutes"))
+    metadata = {"config": CONFIG, "training": runs, "device": str(device), "train_minutes": minutes,
                 "base_checkpoint": CHECKPOINT.name, "hint": f"canny_edges {CANNY_THRESHOLDS} of the image, 3 channels"}
     common.save(out, tensors, {**metadata, "metrics": {}})
     log.close()
