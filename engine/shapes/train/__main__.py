@@ -10,7 +10,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m engine.shapes.train",
                                      description="Train the shapes models Loom ships, from the scene generator.")
     parser.add_argument("model", choices=MODELS + ("all", "measure"),
-                        help="measure: re-measure the checkpoint, ControlNet and LoRA in assets/ into their metadata")
+                        help="measure: re-measure the shipped files in assets/ into their metadata")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=None, help="override the number of steps (quick trials)")
     parser.add_argument("--from-run", type=int, default=1, metavar="K",
@@ -21,7 +21,9 @@ def main(argv=None):
         from .checkpoint import CHECKPOINT
         from .controlnet import CONTROLNET
         from .lora import LORA
-        for path, kind in ((CHECKPOINT, "checkpoint"), (CONTROLNET, "controlnet"), (LORA, "lora")):
+        from .upscaler import UPSCALER
+        for path, kind in ((CHECKPOINT, "checkpoint"), (CONTROLNET, "controlnet"), (LORA, "lora"),
+                           (UPSCALER, "upscaler")):
             if path.is_file():
                 common.measure_file(path, kind)
         return

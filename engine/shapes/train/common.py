@@ -211,8 +211,9 @@ def batches(n_items: int, batch_size: int, steps: int, seed: int):
 
 def measure_file(path: Path, kind: str) -> dict:
     """Measure a shipped file through its workflows (:mod:`engine.shapes.quality`, fp32) and record the numbers
-    in its metadata next to what is there. ``kind``: ``checkpoint``, ``controlnet`` or ``lora``. The checkpoint
-    must be in place first: every measurement samples it."""
+    in its metadata next to what is there. ``kind``: ``checkpoint``, ``controlnet``, ``lora`` or ``upscaler``.
+    The checkpoint must be in place first: every measurement but the upscaler's samples it."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from ... import memory
@@ -226,10 +227,10 @@ def measure_file(path: Path, kind: str) -> dict:
         found = quality.controlnet_adherence(n=8)
     elif kind == "lora":
         found = quality.lora_effect(n=6)
+    elif kind == "upscaler":
+        found = quality.upscaler_psnr(path, n=16)
     else:
         raise ValueError(f"nothing to measure for {kind!r}")
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         raw = dict(f.metadata() or {})
     raw["loom.metrics"] = json.dumps({**json.loads(raw.get("loom.metrics", "{}")), **found}, default=_jsonable)

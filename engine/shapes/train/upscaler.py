@@ -74,12 +74,8 @@ def train_upscaler(cfg: UpscalerTraining, device: torch.device, out: Path = UPSC
             log.step(step + 1, mse=loss.item())
     metadata = {"config": NETWORK, "architecture": "Real-ESRGAN compact (SRVGGNetCompact)", "training": cfg,
                 "device": str(device), "train_minutes": round(log.minutes, 1)}
-    state = net.state_dict()
-    common.save(out, state, metadata, dtype=torch.float32)
-    metrics = {}
+    common.save(out, net.state_dict(), {**metadata, "metrics": {}}, dtype=torch.float32)
+    log.close()
     if measure_quality:
-        from ..quality import upscaler_psnr
-        metrics = upscaler_psnr(out)
-        common.save(out, state, {**metadata, "metrics": metrics}, dtype=torch.float32)
-    log.close(**metrics)
+        common.measure_file(out, "upscaler")
     return out
