@@ -61,7 +61,8 @@ def test_inpainting_keeps_every_pixel_outside_the_mask():
     assert quality.inpaint_adherence(n=2)["outside_unchanged"] == 1.0
 
 
-@pytest.mark.parametrize("name", ["img2img", "sdedit", "outpaint", "hires_fix", "area_composition"])
+@pytest.mark.parametrize("name", ["img2img", "sdedit", "outpaint", "hires_fix", "area_composition",
+                                  "custom_split_sigmas", "controlnet_stacked"])
 def test_checkpoint_workflows_run(name):
     image = quality.run_workflow(name)
     expected = {"outpaint": (128, 192), "hires_fix": (256, 256), "area_composition": (128, 256)}.get(name, (128, 128))
