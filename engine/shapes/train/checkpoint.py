@@ -78,9 +78,11 @@ VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True))
 
 # The runs that made the shipped UNet and text encoder, each resuming the one before: the first with min-SNR-5
 # weights; the second with the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors
-# the decoder shows as blotches); the third longer, on four times the renders, at a lower rate.
+# the decoder shows as blotches); the third longer, on four times the renders, at a lower rate; the fourth on
+# twice those renders again.
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
-            dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True))
+            dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
+            dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------

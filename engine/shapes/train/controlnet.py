@@ -45,8 +45,10 @@ class ControlNetTraining:
     resume: bool = False  # go on from the ControlNet in assets/ instead of a copy of the UNet
 
 
-# The runs that made the shipped ControlNet, each resuming the one before (the second at a lower rate).
-CONTROLNET_RUNS = (dict(), dict(steps=2000, lr=2e-4, resume=True))
+# The runs that made the shipped ControlNet, each resuming the one before (the second at a lower rate, the
+# third longer and on twice the renders).
+CONTROLNET_RUNS = (dict(), dict(steps=2000, lr=2e-4, resume=True),
+                   dict(images=16000, steps=4500, lr=2e-4, resume=True))
 
 
 def edges_of(images: np.ndarray) -> torch.Tensor:
