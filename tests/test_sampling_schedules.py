@@ -128,8 +128,8 @@ def test_flow_schedule():
 
 @pytest.mark.parametrize("name", list(schedulers.SCHEDULERS))
 def test_schedulers_equal_comfyui(name):
-    """Same sigmas as ComfyUI, to fp32 rounding: torch's vectorised exp differs by an ulp between CPU models
-    (AVX2 against AVX-512), so the same code gives ComfyUI's recorded values bit for bit on some machines only."""
+    """Same sigmas as ComfyUI, to fp32 rounding: torch's vectorised exp can differ by an ulp from one CPU to
+    another, so the same code gives ComfyUI's recorded values bit for bit on some machines only."""
     for schedule, expected in ((SD, COMFY_SD_7_STEPS[name]), (FLOW3, COMFY_FLOW3_7_STEPS[name])):
         assert schedulers.calculate_sigmas(schedule, name, 7).tolist() == pytest.approx(expected, rel=1e-6, abs=0)
 
