@@ -19,7 +19,7 @@ from engine.models.vae import AutoencoderKL
 from engine.sampling.schedules import DiscreteSchedule
 from engine.shapes.scene import scene_at
 from engine.shapes.train import checkpoint as ck
-from engine.shapes.train import common
+from engine.shapes.train import common, latent_code
 from engine.shapes.train.controlnet import ControlNetTraining, train_controlnet
 from engine.shapes.train.lora import LoRATraining, train_lora
 from engine.shapes.train.upscaler import UpscalerTraining, train_upscaler
@@ -102,6 +102,38 @@ def test_the_encoder_is_the_calibrated_block_mean_code(trained):
     assert (latents - fast).abs().max().item() < 0.01
     assert latents.std().item() == pytest.approx(1.0, abs=0.2)
     assert latents[:, 3].abs().max().item() < 0.01  # the fourth channel is unused
+
+
+def test_a_learned_fourth_channel_is_what_the_sd_layout_encoder_computes(trained, tmp_path, monkeypatch):
+    """Stage ``vae`` with ``shape_code`` learns latent channel 3 beside the block means. The saved SD-layout
+    encoder computes exactly the latents the other stages train on, channel 3 at zero mean and unit
+    variance, and those latents are cached for the next run."""
+    import shutil
+    work, _ = trained
+    monkeypatch.setattr(common, "WORK", tmp_path)
+    shutil.copy(work / "vae.safetensors", ck.vae_file())
+    assert ck.training_code() is None  # channel 3 unused until a run learns it
+    with pytest.raises(RuntimeError, match="no learned latent channel 3"):
+        ck.encode_latents(common.EVAL_SEED, 8, CPU, shape_code=True)
+    ck.train_vae(replace(ck.VAETraining(), steps=2, batch=2, eval_images=4, resume=True, shape_code=True), CPU,
+                 checkpoint=tmp_path / "checkpoint.safetensors", measure_quality=False)
+    vae = ck.load_vae()
+    assert latent_code.has_code(vae) and "channel 3 learned" in common.metadata_of(ck.vae_file())["encoder"]
+    x = common.to_tensor(common.render_set(common.EVAL_SEED, range(8)))
+    with torch.no_grad():
+        latents = vae.encode(x) * common.LATENT_SCALE
+    cached = ck.encode_latents(common.EVAL_SEED, 8, CPU, shape_code=True)
+    assert (latents[:, :3] - cached[:, :3]).abs().max().item() < 0.01
+    assert (latents[:, 3] - cached[:, 3]).abs().max().item() < 1e-4
+    assert list(tmp_path.glob("latents-*.pt"))
+    assert torch.equal(ck.encode_latents(common.EVAL_SEED, 8, CPU, shape_code=True), cached)
+    assert not ck.encode_latents(common.EVAL_SEED, 8, CPU)[:, 3].any()  # what the runs before it trained on
+    calibration = ck.encode_latents(common.TRAIN_SEED, 64, CPU, shape_code=True)[:, 3]
+    assert calibration.mean().item() == pytest.approx(0.0, abs=0.3)
+    assert calibration.std().item() == pytest.approx(1.0, abs=0.3)
+    with torch.no_grad():  # the decoder reads channel 3 as it was trained to (post_quant_conv undoes the calibration)
+        y = vae.decode(vae.encode(x))
+    assert ((y.clamp(-1, 1) - x) / 2).pow(2).mean().item() < 10 ** -2
 
 
 def test_block_code_init_reconstructs_before_any_training():

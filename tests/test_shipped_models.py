@@ -51,6 +51,13 @@ def test_guidance_makes_samples_follow_the_prompt():
     assert guided["colour_and_kind"] >= unguided["colour_and_kind"], (guided, unguided)
 
 
+def test_the_autoencoder_keeps_colour_and_kind():
+    """VAE encode then decode (as the VAEEncode and VAEDecode nodes run it) keeps the colour and kind of most
+    held-out one-shape renders, as the evaluator reads them: what bounds every txt2img score."""
+    result = quality.autoencoder_ceiling(n=16)
+    assert result["colour_and_kind_all"] >= 0.75, result
+
+
 def test_prompt_changes_the_image():
     a = quality.run_workflow("txt2img", {"Positive": {"text": "a large red circle in the center"}})
     b = quality.run_workflow("txt2img", {"Positive": {"text": "a large blue square in the center"}})

@@ -83,6 +83,26 @@ def txt2img_adherence(cfg: float = DEFAULT_CFG, n_prompts: int = 24, seeds: int 
     return {key: round(float(np.mean(v)), 3) for key, v in scores.items()} | {"samples": n_prompts * seeds, "cfg": cfg}
 
 
+def autoencoder_ceiling(n: int = 96, path=None) -> dict:
+    """The evaluator on the shipped checkpoint's autoencoder round trip (VAE encode, then decode, as the VAEEncode
+    and VAEDecode nodes run it) of held-out one-shape renders: how often the colour AND kind survive, overall and
+    for the hardest cases (small shapes, stars). No UNet can score above what its autoencoder can draw."""
+    from ..loading.checkpoint import load_checkpoint
+    path = path or ROOT / "assets" / "models" / "checkpoints" / "loom-shapes.safetensors"
+    vae = load_checkpoint(path).vae
+    hits = {"all": [], "small": [], "star": []}
+    for i in range(n):
+        shape = scene_at(EVAL_SEED + 40, i, max_shapes=1).shapes[0]
+        pixels = torch.from_numpy(render(scene_at(EVAL_SEED + 40, i, max_shapes=1), 128))[None].float() / 255
+        image = to_uint8(vae.decode(vae.encode(pixels)))
+        ok = any(matches(f, shape.kind, shape.colour) for f in find_shapes(image))
+        for key in ("all", shape.size, shape.kind):
+            if key in hits:
+                hits[key].append(ok)
+    return {f"colour_and_kind_{key}": round(float(np.mean(v)), 3) for key, v in hits.items()} | {
+        "samples": n, "small": len(hits["small"]), "stars": len(hits["star"])}
+
+
 def controlnet_adherence(n: int = 12, strength: float = 1.0) -> dict:
     """The generated shapes' outline against the control edges (edge IoU, 2 px tolerance, and silhouette IoU),
     while the prompt asks for a colour the control image does not have."""

@@ -4,13 +4,16 @@ Everything is Loom's own network classes in scaled-down SD1 configs, so the save
 single-file layout (``first_stage_model.``, ``model.diffusion_model.``, ``cond_stage_model.transformer.``)
 and loads through :func:`engine.loading.checkpoint.load_checkpoint` like any SD1.5 file.
 
-Stage ``vae``: L1 + image-gradient L1 + a small KL term (posterior starting narrow) on crops of renders (a quarter of them
-striped, so the LoRA's texture can be decoded). Trained from random weights this architecture needs far
-more than a CPU-hour to learn even flat colours, so it starts from weights set by hand (:func:`block_code_init`)
-that already make it an 8x8 block-average encoder and nearest-neighbour decoder; training then only learns
-a correction from the other channels (sharp edges where the blocks only say how much of each colour they hold). The trained encoder is then calibrated so that latents
-times SD1's 0.18215 have unit variance: the mean half of ``quant_conv`` is scaled by ``s`` and
-``post_quant_conv``'s weight by ``1/s`` (decoding is unchanged; the log-variance moves by ``2 log s``).
+Stage ``vae``: L1 + image-gradient L1 on crops of renders (a quarter of them striped, so the LoRA's texture
+can be decoded), the posterior kept narrow. Trained from random weights this architecture needs far more than a
+CPU-hour to learn even flat colours, so it starts from weights set by hand (:func:`block_code_init`) that already
+make it an 8x8 block-average encoder and nearest-neighbour decoder; training then only learns a correction from
+the other channels (sharp edges where the blocks only say how much of each colour they hold). The encoder is
+calibrated so that latents times SD1's 0.18215 have unit variance: the mean half of ``quant_conv`` is scaled by
+``s`` and ``post_quant_conv``'s weight by ``1/s`` (decoding is unchanged; the log-variance moves by ``2 log s``).
+Eight pixels a latent are too coarse for small shapes (a small star's points average away); a run with
+``shape_code`` also learns latent channel 3, which the block code leaves at zero: a narrow slice of the encoder
+(:mod:`.latent_code`) trained with the decoder, calibrated to zero mean and unit variance.
 
 Stage ``t2i``: epsilon prediction on SD1's scaled-linear 1000-step schedule, min-SNR-5 loss weights,
 10% empty captions (classifier-free guidance), captions with sizes, positions and backgrounds randomly
@@ -31,8 +34,9 @@ from ...models.vae import AutoencoderKL, VAEConfig
 from ...sampling.schedules import DiscreteSchedule
 from ...text import CLIPTokenizer, tokenize_with_weights
 from ..scene import scene_at
-from . import common
+from . import common, latent_code
 from .common import ASSETS, LATENT_SCALE, TRAIN_SEED, Log
+from .latent_code import ShapeCode
 
 # Every GroupNorm has 32 groups, and a group of one or two channels is normalised to a constant over a flat
 # region: the decoder's last norm (at full resolution) then cannot say which colour a plain background has, and
@@ -57,6 +61,8 @@ class VAETraining:
     eval_images: int = 64
     seed: int = 0
     resume: bool = False  # go on from the last decoder (build/shapes/vae.safetensors) instead of the hand-set one
+    shape_code: bool = False  # also learn latent channel 3 (latent_code.ShapeCode), and the decoder to read it
+    code_moment_weight: float = 0.1  # pulls the mean square of channel 3 towards 1 (the scale the UNet expects)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class T2ITraining:
     ema: float = 0.999
     seed: int = 0
     resume: bool = False  # start from the previous run's weights (build/shapes/t2i.safetensors) instead of random
+    shape_code: bool = False  # latents with the autoencoder's learned channel 3 (else zero there, as before it had one)
 
 
 # The runs that made the shipped decoder, each resuming the one before (the second at a lower rate).
@@ -116,14 +123,28 @@ def fixed_encoder_vae(seed: int = 0) -> AutoencoderKL:
     return vae.eval()
 
 
-def vae_batch(step: int, cfg: VAETraining, rng: np.random.Generator) -> torch.Tensor:
+def vae_batch(step: int, cfg: VAETraining, rng: np.random.Generator) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """Whole renders and the crop of them the decoder trains on (``(rows, columns)`` on the latents' 8-pixel grid)."""
     from ..scene import render
     indices = range(step * cfg.batch, (step + 1) * cfg.batch)
     striped = rng.random(cfg.batch) < cfg.striped_fraction
     x = common.to_tensor(np.stack([render(scene_at(TRAIN_SEED + 100, i), 128, texture="stripes" if s else None)
                                    for i, s in zip(indices, striped)]))
-    ys, xs = rng.integers(0, (128 - cfg.crop) // 8 + 1, size=2) * 8  # on the 8-pixel grid of the latents
-    return x[..., ys:ys + cfg.crop, xs:xs + cfg.crop]
+    ys, xs = rng.integers(0, (128 - cfg.crop) // 8 + 1, size=2) * 8
+    return x, (slice(ys, ys + cfg.crop), slice(xs, xs + cfg.crop))
+
+
+def fast_latents(x: torch.Tensor, scale: float, code: ShapeCode | None) -> torch.Tensor:
+    """What the shipped encoder computes (raw latents, before ``LATENT_SCALE``), the cheap way: the block
+    means times ``scale`` in channels 0-2 and the learned code (or zero) in channel 3."""
+    z = block_means(x) * scale
+    if code is not None:
+        z[:, 3:] = code(x) / LATENT_SCALE
+    return z
+
+
+def on_grid(crop: tuple[slice, slice], factor: int = 8) -> tuple[slice, slice]:
+    return tuple(slice(s.start // factor, s.stop // factor) for s in crop)
 
 
 def vae_file() -> Path:
@@ -148,6 +169,10 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     logvar = vae.quant_conv.bias[VAE_CONFIG.embed_dim:].to(device)
     vae.requires_grad_(False)
     trained = list(vae.decoder.parameters())
+    code = None
+    if cfg.shape_code:
+        code = (latent_code.extract(vae) if latent_code.has_code(vae) else latent_code.ShapeCode()).to(device)
+        trained += list(code.parameters())
     for p in trained:
         p.requires_grad_(True)
     frozen = base_path(vae.decoder)
@@ -157,14 +182,24 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     held_out = common.to_tensor(common.render_set(common.EVAL_SEED, range(16))).to(device)
     for step in range(cfg.steps):
         common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr, warmup=200))
-        x = vae_batch(step, cfg, rng).to(device)
+        whole, crop = vae_batch(step, cfg, rng)
+        whole = whole.to(device)
+        x = whole[(..., *crop)]
         mean = block_means(x) * scale
         z = mean + torch.exp(0.5 * logvar).view(1, -1, 1, 1) * torch.randn(mean.shape, generator=gen, device=device)
+        moment = torch.zeros((), device=device)
+        if code is not None:  # the code sees the whole render (as at use), the decoder decodes the crop
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                z3 = code(whole).float()
+            moment = cfg.code_moment_weight * (z3.pow(2).mean() - 1).pow(2)
+            noise = latent_code.CODE_NOISE * z3.std().detach()
+            z3 = z3 + noise * torch.randn(z3.shape, generator=gen, device=device)
+            z = torch.cat([z[:, :3], z3[(..., *on_grid(crop))] / LATENT_SCALE], dim=1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             y = vae.decode(z).float()
         l1 = (y - x).abs().mean()
         grad = sum((a - b).abs().mean() for a, b in zip(image_gradients(y), image_gradients(x)))
-        loss = l1 + grad
+        loss = l1 + grad + moment
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for param, index in frozen:
@@ -172,18 +207,24 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            extra = {"held_out_psnr": _psnr(vae, held_out)} if step % 250 == 0 or step == cfg.steps - 1 else {}
-            log.step(step + 1, l1=l1.item(), grad=grad.item(), **extra)
+            extra = {"held_out_psnr": _psnr(vae, held_out, code)} if step % 250 == 0 or step == cfg.steps - 1 else {}
+            log.step(step + 1, l1=l1.item(), grad=grad.item(), moment=moment.item(), **extra)
     vae.eval()
+    encoder = "fixed block-mean code (block_code_init), not trained"
+    if code is not None:
+        code.eval()
+        calibrate_code(vae, code)
+        latent_code.embed(vae, code)
+        encoder = ("fixed block-mean code (block_code_init) in channels 0-2; channel 3 learned with the decoder "
+                   "(latent_code.ShapeCode)")
     runs, minutes = common.run_record(previous, cfg, log.minutes,
                                       previous and previous.get("metrics", {}).get("train_minutes"))
     metrics = {"psnr_db": vae_psnr(vae, device, cfg.eval_images), "latent_scale_applied": scale,
                "train_minutes": minutes}
     log.close(**metrics)
     common.save(out, vae.state_dict(), {"config": VAE_CONFIG, "training": runs, "metrics": metrics,
-                                        "encoder": "fixed block-mean code (block_code_init), not trained"},
-                dtype=torch.float32)
-    assemble_if_ready(checkpoint, measure_quality)
+                                        "encoder": encoder}, dtype=torch.float32)
+    assemble_if_ready(checkpoint, measure_quality, vae_path=out)
     return vae
 
 
@@ -308,8 +349,22 @@ def vae_psnr(vae: AutoencoderKL, device: torch.device, n: int = 256) -> float:
 
 
 @torch.no_grad()
-def _psnr(vae: AutoencoderKL, x: torch.Tensor, encode=None) -> float:
-    encode = encode or (lambda chunk: block_means(chunk) * vae.quant_conv.weight[0, 0, 0, 0])
+def calibrate_code(vae: AutoencoderKL, code: ShapeCode) -> None:
+    """Shift and scale channel 3 to zero mean and unit variance on the calibration renders; ``post_quant_conv``
+    undoes it, so the decoder reads what it was trained on."""
+    device = vae.post_quant_conv.weight.device
+    x = common.to_tensor(common.render_set(TRAIN_SEED, range(CALIBRATION_IMAGES)))
+    z3 = torch.cat([code(chunk.to(device)) for chunk in x.split(64)])
+    mean, std = z3.mean().item(), z3.std().item()
+    code.normalise(mean, std)
+    post = vae.post_quant_conv
+    post.bias[3] += post.weight[3, 3, 0, 0] * mean / LATENT_SCALE
+    post.weight[3, 3] *= std
+
+
+@torch.no_grad()
+def _psnr(vae: AutoencoderKL, x: torch.Tensor, code: ShapeCode | None = None, encode=None) -> float:
+    encode = encode or (lambda chunk: fast_latents(chunk, vae.quant_conv.weight[0, 0, 0, 0].item(), code))
     y = torch.cat([vae.decode(encode(chunk)).clamp(-1, 1) for chunk in x.split(16)])
     mse = ((y - x) / 2).pow(2).mean().item()
     return round(10 * np.log10(1 / mse), 2)
@@ -346,13 +401,48 @@ def encode_text(clip: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(seed: int, n: int, device, texture: str | None = None) -> torch.Tensor:
-    """Scaled latents (``LATENT_SCALE`` applied) of renders 0..n-1 of the set ``seed``: what the shipped
-    encoder gives them, whichever decoder has been trained."""
-    s = latent_scale() * LATENT_SCALE
-    out = [block_means(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), texture=texture)))
-           for start in range(0, n, 500)]
-    return (torch.cat(out) * s).to(device)
+def encode_latents(seed: int, n: int, device, texture: str | None = None, shape_code: bool = False) -> torch.Tensor:
+    """Scaled latents (``LATENT_SCALE`` applied) of renders 0..n-1 of the set ``seed``: what the encoder of the
+    autoencoder in use (:func:`autoencoder_file`) gives them, with channel 3 at zero unless ``shape_code`` (the
+    runs before the autoencoder learned channel 3 saw it so, and reproduce only so). With the learned channel 3
+    they cost about 25 ms a render on a CPU core, so they are kept in ``common.WORK`` under the code's fingerprint."""
+    scale, code = latent_scale(), training_code() if shape_code else None
+    if shape_code and code is None:
+        raise RuntimeError(f"{autoencoder_file()} has no learned latent channel 3: train stage vae first "
+                           "(python -m engine.shapes.train vae)")
+    cache = None
+    if code is not None:
+        cache = common.WORK / f"latents-{seed}-{n}-{texture}-{latent_code.fingerprint(code)}.pt"
+        if cache.is_file():
+            return torch.load(cache, weights_only=True).to(device)
+    out = [fast_latents(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), texture=texture)),
+                        scale, code) for start in range(0, n, 500)]
+    latents = torch.cat(out) * LATENT_SCALE
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(latents, cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").replace(cache)
+    return latents.to(device)
+
+
+def autoencoder_file() -> Path:
+    """The autoencoder the other stages train for: stage ``vae``'s output when this machine has trained one,
+    else the shipped checkpoint's."""
+    return vae_file() if vae_file().is_file() else CHECKPOINT
+
+
+def training_code() -> ShapeCode | None:
+    """The learned channel-3 code of :func:`autoencoder_file`'s encoder, or None when channel 3 is unused."""
+    from safetensors.torch import load_file
+    path = autoencoder_file()
+    if not path.is_file():
+        return None
+    weights = load_file(str(path))
+    if path != vae_file():
+        weights = _unprefixed(weights, "first_stage_model.")
+    vae = AutoencoderKL(VAE_CONFIG)
+    vae.load_state_dict({k: v.float() for k, v in weights.items()})
+    return latent_code.extract(vae).eval() if latent_code.has_code(vae) else None
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -387,7 +477,7 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
     common.seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    latents = encode_latents(TRAIN_SEED, cfg.images, device)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device, shape_code=cfg.shape_code)
     unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
     previous = None
     if cfg.resume:
@@ -438,15 +528,25 @@ def networks_file() -> Path:
     return t2i_file() if t2i_file().is_file() else CHECKPOINT
 
 
-def assemble_if_ready(out: Path = CHECKPOINT, measure_quality: bool = True) -> Path | None:
-    """Write the checkpoint from the two stages' files once both exist (stages ``vae`` and ``t2i`` are
-    independent and may run in either order, or at once), then measure it."""
-    if not (vae_file().is_file() and t2i_file().is_file()):
+def t2i_runs_in(path: Path) -> int:
+    """How many t2i runs made the UNet in ``path`` (stage t2i's file or an assembled checkpoint): recorded with each
+    ControlNet and LoRA run, which train against that UNet."""
+    runs = common.metadata_of(path).get("training")
+    runs = runs.get("t2i") if isinstance(runs, dict) else runs
+    return len(runs) if isinstance(runs, list) else 1
+
+
+def assemble_if_ready(out: Path = CHECKPOINT, measure_quality: bool = True, vae_path: Path | None = None) -> Path | None:
+    """Write the checkpoint from the two stages' files once both exist, then measure it. Stage ``t2i``'s
+    runs without ``shape_code`` do not depend on stage ``vae`` (they may run in either order, or at once); a run
+    with it trains on the latents of stage ``vae``'s last run."""
+    vae_path = vae_path or vae_file()
+    if not (vae_path.is_file() and t2i_file().is_file()):
         print("[checkpoint] waiting for the other stage (vae or t2i) before writing the checkpoint", flush=True)
         return None
     from safetensors.torch import load_file
-    vae_meta, t2i_meta = common.metadata_of(vae_file()), common.metadata_of(t2i_file())
-    tensors = {**load_file(str(t2i_file())), **common.prefixed("first_stage_model.", load_file(str(vae_file())))}
+    vae_meta, t2i_meta = common.metadata_of(vae_path), common.metadata_of(t2i_file())
+    tensors = {**load_file(str(t2i_file())), **common.prefixed("first_stage_model.", load_file(str(vae_path)))}
     metadata = {"config": {"unet": UNET_CONFIG, "clip": CLIP_CONFIG, "vae": VAE_CONFIG},
                 "training": {"t2i": t2i_meta.get("training"), "vae": vae_meta.get("training")},
                 "vae_encoder": vae_meta.get("encoder"), "device": t2i_meta.get("device"),

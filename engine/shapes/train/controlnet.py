@@ -11,7 +11,7 @@ the prompt.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from ...models.clip import CLIPTextModel
 from ...models.controlnet import ControlNetConfig, ControlNetModel
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, networks_file, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
+from .checkpoint import (CHECKPOINT, networks_file, t2i_runs_in, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
                          diffusion_loss, encode_latents, encode_text, noised)
 from .common import ASSETS, TRAIN_SEED, Log
 
@@ -43,12 +43,14 @@ class ControlNetTraining:
     ema: float = 0.998
     seed: int = 0
     resume: bool = False  # go on from the ControlNet in assets/ instead of a copy of the UNet
+    shape_code: bool = False  # latents with the autoencoder's learned channel 3 (see T2ITraining)
 
 
 # The runs that made the shipped ControlNet, each resuming the one before (the second at a lower rate, the
-# third longer and on twice the renders).
+# third longer and on twice the renders, the fourth at a lower rate again, against the run-4 UNet).
 CONTROLNET_RUNS = (dict(), dict(steps=2000, lr=2e-4, resume=True),
-                   dict(images=16000, steps=4500, lr=2e-4, resume=True))
+                   dict(images=16000, steps=4500, lr=2e-4, resume=True),
+                   dict(images=16000, steps=4500, lr=1.5e-4, resume=True))
 
 
 def edges_of(images: np.ndarray) -> torch.Tensor:
@@ -86,7 +88,7 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
     common.seed_everything(cfg.seed)
     base = base or networks_file()
     unet, clip = load_checkpoint_networks(base, device)
-    latents = encode_latents(TRAIN_SEED, cfg.images, device)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device, shape_code=cfg.shape_code)
     hints = torch.cat([edges_of(common.render_set(TRAIN_SEED, range(s, min(cfg.images, s + 500))))
                        for s in range(0, cfg.images, 500)])
     net = controlnet_from_unet(unet)
@@ -118,6 +120,7 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
             log.step(step + 1, loss=loss)
     tensors = common.prefixed("control_model.", ema.state_dict(net))
     runs, minutes = common.run_record(previous, cfg, log.minutes, previous and previous.get("train_minutes"))
+    runs[-1] = {**asdict(cfg), "against_t2i_runs": t2i_runs_in(base)}
     metadata = {"config": CONFIG, "training": runs, "device": str(device), "train_minutes": minutes,
                 "base_checkpoint": CHECKPOINT.name, "hint": f"canny_edges {CANNY_THRESHOLDS} of the image, 3 channels"}
     common.save(out, tensors, {**metadata, "metrics": {}})

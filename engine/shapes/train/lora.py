@@ -18,7 +18,7 @@ from torch import nn
 from ...loading.lora import diffusers_unet_names
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, networks_file, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
+from .checkpoint import (CHECKPOINT, networks_file, t2i_runs_in, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
                          encode_latents, encode_text, noised)
 from .common import ASSETS, TRAIN_SEED, Log
 from .controlnet import load_checkpoint_networks
@@ -38,6 +38,7 @@ class LoRATraining:
     p_uncond: float = 0.1
     min_snr: float = 5.0
     seed: int = 0
+    shape_code: bool = False  # latents with the autoencoder's learned channel 3 (see T2ITraining)
 
 
 class LoRA(nn.Module):
@@ -102,7 +103,7 @@ def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: 
     common.seed_everything(cfg.seed)
     base = base or networks_file()
     unet, clip = load_checkpoint_networks(base, device)
-    latents = encode_latents(TRAIN_SEED, cfg.images, device, texture=TEXTURE)
+    latents = encode_latents(TRAIN_SEED, cfg.images, device, texture=TEXTURE, shape_code=cfg.shape_code)
     adapters = add_adapters(unet, cfg.rank, cfg.alpha)
     params = [p for a in adapters.values() for p in (a.down.weight, a.up.weight)]
     for p in params:
@@ -125,7 +126,8 @@ def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: 
             log.step(step + 1, loss=loss)
     tensors = kohya_state_dict(adapters, cfg.alpha)
     metadata = {"config": lora_config(cfg, len(adapters)), "training": cfg, "device": str(device), "train_minutes": round(log.minutes, 1),
-                "base_checkpoint": CHECKPOINT.name, "effect": "diagonal stripes inside shapes",
+                "base_checkpoint": CHECKPOINT.name, "against_t2i_runs": t2i_runs_in(base),
+                "effect": "diagonal stripes inside shapes",
                 "ss_network_module": "networks.lora", "ss_network_dim": str(cfg.rank),
                 "ss_network_alpha": str(cfg.alpha)}
     common.save(out, tensors, {**metadata, "metrics": {}})
