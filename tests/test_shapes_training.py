@@ -127,6 +127,7 @@ def test_a_learned_fourth_channel_is_what_the_sd_layout_encoder_computes(trained
     assert (latents[:, 3] - cached[:, 3]).abs().max().item() < 1e-4
     assert list(tmp_path.glob("latents-*.pt"))
     assert torch.equal(ck.encode_latents(common.EVAL_SEED, 8, CPU, shape_code=True), cached)
+    assert torch.equal(ck.encode_latents(common.EVAL_SEED, 5, CPU, shape_code=True), cached[:5])
     assert not ck.encode_latents(common.EVAL_SEED, 8, CPU)[:, 3].any()  # what the runs before it trained on
     calibration = ck.encode_latents(common.TRAIN_SEED, 64, CPU, shape_code=True)[:, 3]
     assert calibration.mean().item() == pytest.approx(0.0, abs=0.3)
@@ -203,7 +204,7 @@ def test_controlnet_hints_are_what_the_workflows_canny_node_computes():
 
 def test_lora_is_kohya_format_and_matches_every_module(trained):
     work, path = trained
-    out = train_lora(replace(LoRATraining(), steps=1, images=8, batch=2), CPU, out=work / "lora.safetensors",
+    out = train_lora(replace(LoRATraining(), steps=1, images=8, batch=2, shape_code=False), CPU, out=work / "lora.safetensors",
                      base=path, measure_quality=False)
     tensors = read_lora_file(str(out))
     assert all(k.startswith("lora_unet_") for k in tensors)
@@ -232,7 +233,7 @@ def test_measuring_a_file_adds_metrics_and_keeps_kohya_metadata(trained, monkeyp
 
     from engine.shapes import quality
     work, path = trained
-    out = train_lora(replace(LoRATraining(), steps=1, images=8, batch=2), CPU, out=work / "lora2.safetensors",
+    out = train_lora(replace(LoRATraining(), steps=1, images=8, batch=2, shape_code=False), CPU, out=work / "lora2.safetensors",
                      base=path, measure_quality=False)
     monkeypatch.setattr(quality, "lora_effect", lambda n: {"stripe_energy_at_1": 9.5, "stripe_energy_at_0": 0.5})
     before = read_lora_file(str(out))

@@ -43,8 +43,7 @@ def test_checkpoint_is_detected_as_sd1_from_its_shapes():
 def test_guidance_makes_samples_follow_the_prompt():
     """At the default CFG the requested colour is drawn in most samples and more often than without guidance
     (CFG 1), and colour-and-kind matches at least as often. The issue's goal, colour and kind in 80% of samples,
-    is not reached yet (guidance does not yet sharpen the kind): the measured values are in the checkpoint's
-    metadata and tests/bench/quality.py."""
+    is not reached yet (60%): the measured values are in the checkpoint's metadata and tests/bench/quality.py."""
     guided = quality.txt2img_adherence(n_prompts=12, seeds=1)
     unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=12, seeds=1)
     assert guided["colour"] >= 0.75 and guided["colour"] > unguided["colour"], (guided, unguided)

@@ -11,8 +11,8 @@ make it an 8x8 block-average encoder and nearest-neighbour decoder; training the
 the other channels (sharp edges where the blocks only say how much of each colour they hold). The encoder is
 calibrated so that latents times SD1's 0.18215 have unit variance: the mean half of ``quant_conv`` is scaled by
 ``s`` and ``post_quant_conv``'s weight by ``1/s`` (decoding is unchanged; the log-variance moves by ``2 log s``).
-Eight pixels a latent are too coarse for small shapes (a small star's points average away); a run with
-``shape_code`` also learns latent channel 3, which the block code leaves at zero: a narrow slice of the encoder
+Eight pixels a latent are too coarse for small shapes (a small star's points average away), so the last run
+(``shape_code``) also learns latent channel 3, which the block code leaves at zero: a narrow slice of the encoder
 (:mod:`.latent_code`) trained with the decoder, calibrated to zero mean and unit variance.
 
 Stage ``t2i``: epsilon prediction on SD1's scaled-linear 1000-step schedule, min-SNR-5 loss weights,
@@ -80,16 +80,19 @@ class T2ITraining:
     shape_code: bool = False  # latents with the autoencoder's learned channel 3 (else zero there, as before it had one)
 
 
-# The runs that made the shipped decoder, each resuming the one before (the second at a lower rate).
-VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True))
+# The runs that made the shipped autoencoder, each resuming the one before: the decoder alone (the second at a lower
+# rate), then the learned channel 3 with the decoder.
+VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True), dict(steps=3000, lr=4e-4, resume=True, shape_code=True))
 
 # The runs that made the shipped UNet and text encoder, each resuming the one before: the first with min-SNR-5
 # weights; the second with the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors
 # the decoder shows as blotches); the third longer, on four times the renders, at a lower rate; the fourth on
-# twice those renders again.
+# twice those renders again; the fifth and sixth on the latents with the autoencoder's learned channel 3.
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
-            dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True))
+            dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True),
+            dict(images=48000, steps=6000, lr=2e-4, min_snr=None, resume=True, shape_code=True),
+            dict(images=48000, steps=5000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
@@ -412,9 +415,11 @@ def encode_latents(seed: int, n: int, device, texture: str | None = None, shape_
                            "(python -m engine.shapes.train vae)")
     cache = None
     if code is not None:
-        cache = common.WORK / f"latents-{seed}-{n}-{texture}-{latent_code.fingerprint(code)}.pt"
-        if cache.is_file():
-            return torch.load(cache, weights_only=True).to(device)
+        fingerprint = latent_code.fingerprint(code)
+        cache = common.WORK / f"latents-{seed}-{n}-{texture}-{fingerprint}.pt"
+        for path in common.WORK.glob(f"latents-{seed}-*-{texture}-{fingerprint}.pt"):
+            if int(path.name.split("-")[2]) >= n:  # render i is the same whatever the set's length
+                return torch.load(path, weights_only=True)[:n].to(device)
     out = [fast_latents(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), texture=texture)),
                         scale, code) for start in range(0, n, 500)]
     latents = torch.cat(out) * LATENT_SCALE

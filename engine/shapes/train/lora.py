@@ -38,7 +38,7 @@ class LoRATraining:
     p_uncond: float = 0.1
     min_snr: float = 5.0
     seed: int = 0
-    shape_code: bool = False  # latents with the autoencoder's learned channel 3 (see T2ITraining)
+    shape_code: bool = True  # latents with the autoencoder's learned channel 3 (see T2ITraining)
 
 
 class LoRA(nn.Module):
