@@ -41,13 +41,13 @@ def test_checkpoint_is_detected_as_sd1_from_its_shapes():
 
 
 def test_guidance_makes_samples_follow_the_prompt():
-    """At the default CFG the requested colour is drawn in most samples and more often than without guidance
-    (CFG 1), and colour-and-kind matches at least as often. The issue's goal, colour and kind in 80% of samples,
-    is not reached yet (60%): the measured values are in the checkpoint's metadata and tests/bench/quality.py."""
-    guided = quality.txt2img_adherence(n_prompts=12, seeds=1)
-    unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=12, seeds=1)
-    assert guided["colour"] >= 0.75 and guided["colour"] > unguided["colour"], (guided, unguided)
-    assert guided["colour_and_kind"] >= unguided["colour_and_kind"], (guided, unguided)
+    """At the default CFG the requested colour is drawn in most samples, and colour and kind together clearly
+    more often than without guidance (CFG 1). The issue's goal is colour and kind in 80% of samples; the
+    measured values are in the checkpoint's metadata and tests/bench/quality.py."""
+    guided = quality.txt2img_adherence(n_prompts=24, seeds=1)
+    unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=24, seeds=1)
+    assert guided["colour"] >= 0.75 and guided["colour_and_kind"] >= 0.6, guided
+    assert guided["colour_and_kind"] >= unguided["colour_and_kind"] + 0.1, (guided, unguided)
 
 
 def test_the_autoencoder_keeps_colour_and_kind():
@@ -77,7 +77,7 @@ def test_checkpoint_workflows_run(name):
 
 def test_controlnet_puts_the_shape_where_the_edges_are():
     """The control scene's silhouette is matched far better with the ControlNet than without it (strength 0),
-    and the colour still comes from the prompt. The issue's goal, outline IoU 0.6, is not reached yet."""
+    and the colour still comes from the prompt (tests/bench/quality.py measures outline IoU on more samples)."""
     on, off = quality.controlnet_adherence(n=4), quality.controlnet_adherence(n=4, strength=0.0)
     assert on["mask_iou"] > off["mask_iou"] + 0.15 and on["edge_iou"] > off["edge_iou"], (on, off)
     assert on["prompt_colour"] >= 0.5, on

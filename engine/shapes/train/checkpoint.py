@@ -87,12 +87,13 @@ VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True), dict(steps=3000, lr=
 # The runs that made the shipped UNet and text encoder, each resuming the one before: the first with min-SNR-5
 # weights; the second with the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors
 # the decoder shows as blotches); the third longer, on four times the renders, at a lower rate; the fourth on
-# twice those renders again; the fifth and sixth on the latents with the autoencoder's learned channel 3.
+# twice those renders again; the fifth to seventh on the latents with the autoencoder's learned channel 3.
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=6000, lr=2e-4, min_snr=None, resume=True, shape_code=True),
-            dict(images=48000, steps=5000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True))
+            dict(images=48000, steps=5000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True),
+            dict(images=48000, steps=12000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
@@ -210,7 +211,9 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            extra = {"held_out_psnr": _psnr(vae, held_out, code)} if step % 250 == 0 or step == cfg.steps - 1 else {}
+            extra = {}
+            if step % 250 == 0 or step == cfg.steps - 1:
+                extra["held_out_psnr"] = _psnr(vae, held_out, lambda chunk: fast_latents(chunk, scale, code))
             log.step(step + 1, l1=l1.item(), grad=grad.item(), moment=moment.item(), **extra)
     vae.eval()
     encoder = "fixed block-mean code (block_code_init), not trained"
@@ -348,7 +351,7 @@ def rescale_latents(vae: AutoencoderKL, s: float) -> float:
 def vae_psnr(vae: AutoencoderKL, device: torch.device, n: int = 256) -> float:
     """Reconstruction PSNR (dB) on held-out renders at 128 pixels, through the encoder and the decoder."""
     x = common.to_tensor(common.render_set(common.EVAL_SEED, range(n))).to(device)
-    return _psnr(vae, x, encode=vae.encode)
+    return _psnr(vae, x, vae.encode)
 
 
 @torch.no_grad()
@@ -366,8 +369,7 @@ def calibrate_code(vae: AutoencoderKL, code: ShapeCode) -> None:
 
 
 @torch.no_grad()
-def _psnr(vae: AutoencoderKL, x: torch.Tensor, code: ShapeCode | None = None, encode=None) -> float:
-    encode = encode or (lambda chunk: fast_latents(chunk, vae.quant_conv.weight[0, 0, 0, 0].item(), code))
+def _psnr(vae: AutoencoderKL, x: torch.Tensor, encode) -> float:
     y = torch.cat([vae.decode(encode(chunk)).clamp(-1, 1) for chunk in x.split(16)])
     mse = ((y - x) / 2).pow(2).mean().item()
     return round(10 * np.log10(1 / mse), 2)
