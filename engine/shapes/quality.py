@@ -92,8 +92,9 @@ def autoencoder_ceiling(n: int = 96, path=None) -> dict:
     vae = load_checkpoint(path).vae
     hits = {"all": [], "small": [], "star": []}
     for i in range(n):
-        shape = scene_at(EVAL_SEED + 40, i, max_shapes=1).shapes[0]
-        pixels = torch.from_numpy(render(scene_at(EVAL_SEED + 40, i, max_shapes=1), 128))[None].float() / 255
+        scene = scene_at(EVAL_SEED + 40, i, max_shapes=1)
+        shape = scene.shapes[0]
+        pixels = torch.from_numpy(render(scene, 128))[None].float() / 255
         image = to_uint8(vae.decode(vae.encode(pixels)))
         ok = any(matches(f, shape.kind, shape.colour) for f in find_shapes(image))
         for key in ("all", shape.size, shape.kind):

@@ -376,9 +376,13 @@ def _psnr(vae: AutoencoderKL, x: torch.Tensor, encode) -> float:
 
 
 def load_vae(path: Path | None = None, device="cpu") -> AutoencoderKL:
+    """The autoencoder in stage ``vae``'s file (default) or in an assembled checkpoint."""
     from safetensors.torch import load_file
+    weights = load_file(str(path or vae_file()))
+    if any(k.startswith("first_stage_model.") for k in weights):
+        weights = _unprefixed(weights, "first_stage_model.")
     vae = AutoencoderKL(VAE_CONFIG)
-    vae.load_state_dict(load_file(str(path or vae_file())))
+    vae.load_state_dict({k: v.float() for k, v in weights.items()})
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -440,15 +444,10 @@ def autoencoder_file() -> Path:
 
 def training_code() -> ShapeCode | None:
     """The learned channel-3 code of :func:`autoencoder_file`'s encoder, or None when channel 3 is unused."""
-    from safetensors.torch import load_file
     path = autoencoder_file()
     if not path.is_file():
         return None
-    weights = load_file(str(path))
-    if path != vae_file():
-        weights = _unprefixed(weights, "first_stage_model.")
-    vae = AutoencoderKL(VAE_CONFIG)
-    vae.load_state_dict({k: v.float() for k, v in weights.items()})
+    vae = load_vae(path)
     return latent_code.extract(vae).eval() if latent_code.has_code(vae) else None
 
 
