@@ -244,3 +244,28 @@ def test_measuring_a_file_adds_metrics_and_keeps_kohya_metadata(trained, monkeyp
     assert common.metadata_of(out)["metrics"] == {"stripe_energy_at_1": 9.5, "stripe_energy_at_0": 0.5}
     after = read_lora_file(str(out))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shipped_files_record_the_runs_their_training_commands_make():
+    """The shipped checkpoint, ControlNet and LoRA are what ``python -m engine.shapes.train`` makes: each recorded
+    run has the settings of its entry in the runs table (fields added since are not in older records), and the
+    ControlNet's and LoRA's last runs trained against the shipped UNet (all of T2I_RUNS)."""
+    from dataclasses import asdict
+    from engine.shapes.train.controlnet import CONTROLNET, CONTROLNET_RUNS
+    from engine.shapes.train.lora import LORA
+
+    def agree(recorded, table, config):
+        assert len(recorded) == len(table)
+        for run, overrides in zip(recorded, table):
+            wanted = asdict(replace(config(), **overrides))
+            assert {k: run[k] for k in wanted if k in run} == {k: v for k, v in wanted.items() if k in run}
+
+    meta = common.metadata_of(ck.CHECKPOINT)
+    agree(meta["training"]["t2i"], ck.T2I_RUNS, ck.T2ITraining)
+    agree(meta["training"]["vae"], ck.VAE_RUNS, ck.VAETraining)
+    controlnet = common.metadata_of(CONTROLNET)["training"]
+    agree(controlnet, CONTROLNET_RUNS, ControlNetTraining)
+    assert controlnet[-1]["against_t2i_runs"] == len(ck.T2I_RUNS) == ck.t2i_runs_in(ck.CHECKPOINT)
+    lora = common.metadata_of(LORA)
+    agree([lora["training"]], [dict()], LoRATraining)
+    assert int(lora["against_t2i_runs"]) == len(ck.T2I_RUNS)  # kohya metadata: strings
