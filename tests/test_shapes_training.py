@@ -4,7 +4,7 @@ Each trainer runs a few steps on a handful of scenes (the shipped configs, tiny 
 through the same loader a user's file would: the checkpoint is detected as SD1 from its shapes, the
 ControlNet and the kohya LoRA match the checkpoint's UNet, spandrel recognises the upscaler.
 """
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -20,8 +20,8 @@ from engine.sampling.schedules import DiscreteSchedule
 from engine.shapes.scene import scene_at
 from engine.shapes.train import checkpoint as ck
 from engine.shapes.train import common, latent_code
-from engine.shapes.train.controlnet import ControlNetTraining, train_controlnet
-from engine.shapes.train.lora import LoRATraining, train_lora
+from engine.shapes.train.controlnet import CONTROLNET, CONTROLNET_RUNS, ControlNetTraining, train_controlnet
+from engine.shapes.train.lora import LORA, LoRATraining, train_lora
 from engine.shapes.train.upscaler import UpscalerTraining, train_upscaler
 
 CPU = torch.device("cpu")
@@ -250,9 +250,6 @@ def test_shipped_files_record_the_runs_their_training_commands_make():
     """The shipped checkpoint, ControlNet and LoRA are what ``python -m engine.shapes.train`` makes: each recorded
     run has the settings of its entry in the runs table (fields added since are not in older records), and the
     ControlNet's and LoRA's last runs trained against the shipped UNet (all of T2I_RUNS)."""
-    from dataclasses import asdict
-    from engine.shapes.train.controlnet import CONTROLNET, CONTROLNET_RUNS
-    from engine.shapes.train.lora import LORA
 
     def agree(recorded, table, config):
         assert len(recorded) == len(table)
