@@ -484,14 +484,8 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     latents = encode_latents(TRAIN_SEED, cfg.images, device, shape_code=cfg.shape_code)
-    unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
-    previous = None
-    if cfg.resume:
-        from safetensors.torch import load_file
-        previous = common.metadata_of(t2i_file())
-        weights = load_file(str(t2i_file()))
-        unet.load_state_dict(_unprefixed(weights, "model.diffusion_model."))
-        clip.load_state_dict(_unprefixed(weights, "cond_stage_model.transformer."))
+    unet, clip = load_networks(t2i_file()) if cfg.resume else (UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG))
+    previous = common.metadata_of(t2i_file()) if cfg.resume else None
     unet, clip = unet.to(device), clip.to(device)
     params = list(unet.parameters()) + list(clip.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -517,6 +511,16 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
                              **common.prefixed("cond_stage_model.transformer.", ema_clip.state_dict(clip))},
                 {"training": runs, "device": str(device), "train_minutes": minutes})
     return assemble_if_ready(out, measure_quality)
+
+
+def load_networks(path: Path) -> tuple[UNetModel, CLIPTextModel]:
+    """The UNet and text encoder (fp32) in stage ``t2i``'s file or an assembled checkpoint."""
+    from safetensors.torch import load_file
+    weights = load_file(str(path))
+    unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
+    unet.load_state_dict(_unprefixed(weights, "model.diffusion_model."))
+    clip.load_state_dict(_unprefixed(weights, "cond_stage_model.transformer."))
+    return unet, clip
 
 
 def _unprefixed(weights: dict, prefix: str) -> dict:

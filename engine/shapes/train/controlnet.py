@@ -22,8 +22,8 @@ from ...models.clip import CLIPTextModel
 from ...models.controlnet import ControlNetConfig, ControlNetModel
 from ...models.unet import UNetModel
 from . import common
-from .checkpoint import (CHECKPOINT, networks_file, t2i_runs_in, CLIP_CONFIG, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for,
-                         diffusion_loss, encode_latents, encode_text, noised)
+from .checkpoint import (CHECKPOINT, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
+                         encode_latents, encode_text, load_networks, networks_file, noised, t2i_runs_in)
 from .common import ASSETS, TRAIN_SEED, Log
 
 CONTROLNET = ASSETS / "controlnet" / "loom-shapes-canny.safetensors"
@@ -68,11 +68,8 @@ def as_hint(edges: torch.Tensor) -> torch.Tensor:
 
 
 def load_checkpoint_networks(path: Path, device) -> tuple[UNetModel, CLIPTextModel]:
-    from safetensors.torch import load_file
-    sd = load_file(str(path))
-    unet, clip = UNetModel(UNET_CONFIG), CLIPTextModel(CLIP_CONFIG)
-    unet.load_state_dict({k[22:]: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")})
-    clip.load_state_dict({k[29:]: v.float() for k, v in sd.items() if k.startswith("cond_stage_model.transformer.")})
+    """The UNet and text encoder in ``path``, frozen, to train against."""
+    unet, clip = load_networks(path)
     return unet.to(device).eval().requires_grad_(False), clip.to(device).eval().requires_grad_(False)
 
 
