@@ -152,9 +152,14 @@ def test_block_code_init_reconstructs_before_any_training():
 
 def test_training_captions_tokenize_as_the_text_encoder_does(trained):
     ckpt = load_checkpoint(trained[1])
-    text = common.describe(scene_at(common.TRAIN_SEED, 3), np.random.default_rng(0), p_drop=0.0)
     spec = ckpt.clip.encoders[0][0]
-    assert ck.Captions().ids(text) == [t for t, _ in ckpt.clip.tokenize(text, spec.pad_token)[0]]
+    captions = ck.Captions()  # tokenizes word by word: must give what the prompt node gives the whole text
+    texts = ck.captions_for(range(300), np.random.default_rng(0), ck.T2ITraining(p_uncond=0.05))
+    texts += [common.describe(scene_at(common.TRAIN_SEED, 3), np.random.default_rng(0), p_drop=0.0), "",
+              "a (red:1.3) circle", " ".join(["a big red circle,"] * 20)]  # weight syntax, over one chunk
+    assert "" in texts and any(len(scene_at(common.TRAIN_SEED, i).shapes) == 3 for i in range(300))
+    for text in texts:
+        assert captions.ids(text) == [t for t, _ in ckpt.clip.tokenize(text, spec.pad_token)[0]], text
 
 
 def test_training_schedule_is_the_sampler_schedule():

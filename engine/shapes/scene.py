@@ -98,6 +98,7 @@ def _background_labs(background: Background) -> np.ndarray:
     return srgb_to_lab(rgbs[0] * (1 - t) + rgbs[-1] * t)
 
 
+@lru_cache(maxsize=None)  # scene sampling asks it for the same few pairs thousands of times
 def contrasts(colour: str, background: Background) -> bool:
     """Whether a shape colour stays >= MIN_CONTRAST from every colour of the background."""
     distances = np.linalg.norm(_background_labs(background) - srgb_to_lab(COLOURS[colour]), axis=-1)

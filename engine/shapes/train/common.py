@@ -88,6 +88,7 @@ class Log:
     def step(self, step: int, **metrics):
         elapsed = time.time() - self.start
         eta = elapsed / max(step, 1) * (self.total - step)
+        metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         print(f"[{self.name}] {step}/{self.total} {shown} ({elapsed / 60:.1f} min, eta {eta / 60:.1f} min)",
               flush=True)
@@ -125,13 +126,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, max_norm: float = 1.0) -> float:
-    """One optimiser step on ``loss`` with gradient-norm clipping; returns the loss as a float."""
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, max_norm: float = 1.0) -> torch.Tensor:
+    """One optimiser step on ``loss`` with gradient-norm clipping; returns the loss, detached. Not a float: reading
+    it waits for the GPU, so a trainer reads it only on the steps it logs and otherwise queues the next step."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
-    return loss.item()
+    return loss.detach()
 
 
 def run_record(previous: dict | None, cfg, minutes: float, earlier_minutes=0) -> tuple[list, float]:
@@ -154,9 +156,8 @@ class EMA:
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int):
         decay = min(self.decay, (1 + step) / (10 + step))
-        for k, v in module.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach(), 1 - decay)
+        live = [v.detach() for k, v in module.state_dict().items() if k in self.shadow]  # in the shadow's order
+        torch._foreach_lerp_(list(self.shadow.values()), live, 1 - decay)  # one launch, not one per tensor
 
     def state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: self.shadow.get(k, v) for k, v in module.state_dict().items()}
