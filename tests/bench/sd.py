@@ -291,10 +291,12 @@ def run_worker(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def configurations() -> list[tuple[str, str]]:
-    cases = [("cpu", "fp32"), ("cpu", "bf16")]
-    if torch.cuda.is_available():
+def configurations(devices: str = "all") -> list[tuple[str, str]]:
+    cases = [("cpu", "fp32"), ("cpu", "bf16")] if devices in ("all", "cpu") else []
+    if torch.cuda.is_available() and devices in ("all", "cuda"):
         cases += [("cuda", "fp16")] + ([("cuda", "bf16")] if torch.cuda.is_bf16_supported() else [])
+    if not cases:
+        raise SystemExit(f"no {devices} configuration to measure on this machine")
     return cases
 
 
@@ -306,7 +308,7 @@ def relative_difference(a_file: Path, b_file: Path) -> float:
 def measure_all(path: Path, tmp: Path, args) -> tuple[dict, dict]:
     """Both implementations on every configuration, each in its own process; outputs compared."""
     results, agreement = {}, {}
-    for device, precision in configurations():
+    for device, precision in configurations(args.device):
         pair = {}
         for impl in IMPLS:
             spec = dict(checkpoint=str(path), device=device, precision=precision, impl=impl, size=args.size,
@@ -354,14 +356,15 @@ def report(results: dict, agreement: dict) -> None:
             print(f"{device + ' ' + precision:12} {impl:9} | {cells[0]} | {cells[1]} | {diffs}")
     print("diff = max|Loom - diffusers| / max|diffusers| of the last output")
 
-    print("\nbf16 speed-up on the CPU (fp32 time / bf16 time), wall (CPU):")
-    for impl in IMPLS:
-        fp32, bf16 = results["cpu", "fp32"][impl], results["cpu", "bf16"][impl]
-        speedups = {part: [median(fp32[part], kind) / median(bf16[part], kind) for kind in ("wall", "cpu")]
-                    for part in ("unet", "vae")}
-        target = "  (target >= 1.5)" if impl == "loom" else ""
-        print(f"  {impl:9} UNet {speedups['unet'][0]:.2f}x ({speedups['unet'][1]:.2f}x){target}; "
-              f"VAE {speedups['vae'][0]:.2f}x ({speedups['vae'][1]:.2f}x)")
+    if ("cpu", "fp32") in results:
+        print("\nbf16 speed-up on the CPU (fp32 time / bf16 time), wall (CPU):")
+        for impl in IMPLS:
+            fp32, bf16 = results["cpu", "fp32"][impl], results["cpu", "bf16"][impl]
+            speedups = {part: [median(fp32[part], kind) / median(bf16[part], kind) for kind in ("wall", "cpu")]
+                        for part in ("unet", "vae")}
+            target = "  (target >= 1.5)" if impl == "loom" else ""
+            print(f"  {impl:9} UNet {speedups['unet'][0]:.2f}x ({speedups['unet'][1]:.2f}x){target}; "
+                  f"VAE {speedups['vae'][0]:.2f}x ({speedups['vae'][1]:.2f}x)")
 
     print(f"\n{'':12} {'':9} | {'load s':>6} {'floor s':>7} | peak GiB: {'load':>5} {'UNet':>5} {'VAE':>5} | "
           f"resident after UNet: anon + file-backed GiB")
@@ -383,6 +386,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch CPU threads (fewer than the cores gives steadier times on a busy machine)")
     parser.add_argument("--checkpoint", type=Path, help="keep the random checkpoint here (written if missing)")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="which configurations: CPU fp32/bf16, CUDA fp16/bf16 (when there is a GPU), or all")
     parser.add_argument("--profile", choices=("fp32", "bf16"), help="only break down CPU UNet steps in this dtype")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
