@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.shapes.evaluate import KINDS as EVAL_KINDS
-from engine.shapes.evaluate import edge_iou, find_shapes, mask_iou, matches, score_prompt
+from engine.shapes.evaluate import background_colour, edge_iou, find_shapes, mask_iou, matches, score_prompt
 from engine.shapes.scene import (COLOURS, GENERATOR_VERSION, KINDS, POSITIONS, SIZES, Background, Scene, caption,
                                  contrasts, parse_background, parse_caption, render, scene_at, scene_from_caption,
                                  shape_masks)
@@ -163,6 +163,15 @@ def test_evaluator_recovers_rendered_scenes():
     assert blurred["kind_and_colour"] >= 0.9, blurred  # measured 1.000
     resampled = recovery([round_trip_64(im) for im in clean], scene_list)
     assert resampled["kind_and_colour"] >= 0.9, resampled  # measured 1.000
+
+
+def test_evaluator_names_plain_backgrounds():
+    plain = [s for s in scenes(ACCURACY_SEED, 300) if len(s.background.colours) == 1]
+    rng = np.random.default_rng(0)
+    for scene in plain:  # shapes keep off the border, blur and noise do not move the median
+        assert background_colour(blur_and_noise(render(scene), rng)) == scene.background.colours[0], scene
+    assert len({s.background.colours[0] for s in plain}) == 10  # every background colour was asked
+    assert background_colour(np.full((64, 64, 3), (30, 110, 240), np.uint8)) == "blue"
 
 
 def test_evaluator_masks_and_other_resolutions():

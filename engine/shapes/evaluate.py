@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .scene import COLOURS, KINDS, POSITIONS, SIZES, parse_caption, srgb_to_lab
+from .scene import BACKGROUND_COLOURS, COLOURS, KINDS, POSITIONS, SIZES, parse_caption, srgb_to_lab
 
 SMOOTH_SIGMA = 0.7  # px of Gaussian blur before the background distance (tames pixel noise)
 FOREGROUND_DELTA_E = 20.0  # scene colours contrast with their background by >= 45 (scene.MIN_CONTRAST)
@@ -90,6 +90,16 @@ def background_distance(rgb01: np.ndarray) -> np.ndarray:
         distance = np.linalg.norm(lab - _lab(np.clip(design @ coef, 0, 1).astype(np.float32)), axis=-1)
         keep = border & (distance < max(6.0, 3.0 * float(np.median(distance[border]))))
     return distance
+
+
+def background_colour(image) -> str:
+    """The named background colour (scene.BACKGROUND_COLOURS, nearest in CIELAB) of the median of the 2-px image
+    border: what a plain background is called. Shapes keep off the border, so a stray one barely moves the median."""
+    rgb01 = _as_rgb01(image)
+    median = np.median(rgb01[_border(*rgb01.shape[:2])], axis=0) * 255.0
+    names = list(BACKGROUND_COLOURS)
+    labs = srgb_to_lab(np.array([BACKGROUND_COLOURS[n] for n in names], np.float32))
+    return names[int(np.argmin(np.linalg.norm(labs - srgb_to_lab(median), axis=-1)))]
 
 
 def _clean(mask: np.ndarray, up: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 
 from ..executor import Executor
 from ..paths import ROOT
-from .evaluate import find_shapes, mask_iou, matches, score_prompt
+from .evaluate import background_colour, find_shapes, mask_iou, matches, score_prompt
 from .scene import COLOURS, parse_caption, render, scene_at, shape_masks
 
 WORKFLOWS = ROOT / "workflows" / "shapes"
@@ -81,6 +81,24 @@ def txt2img_adherence(cfg: float = DEFAULT_CFG, n_prompts: int = 24, seeds: int 
             for key in scores:
                 scores[key].append(result[key])
     return {key: round(float(np.mean(v)), 3) for key, v in scores.items()} | {"samples": n_prompts * seeds, "cfg": cfg}
+
+
+def background_adherence(n: int = 24, cfg: float = DEFAULT_CFG) -> dict:
+    """txt2img with prompts that name a plain background ("a red circle, blue background", from held-out plain
+    scenes): how often the image's background (``evaluate.background_colour``) is the one asked for. ``chance``:
+    how often it is the background of the next prompt instead, which nothing in this prompt asks for."""
+    scenes = [s for s in (scene_at(EVAL_SEED + 50, i, max_shapes=1) for i in range(4 * n))
+              if len(s.background.colours) == 1][:n]
+    asked = [s.background.colours[0] for s in scenes]
+    found = []
+    for i, scene in enumerate(scenes):
+        shape = scene.shapes[0]
+        prompt = f"a {shape.colour} {shape.kind}, {asked[i]} background"
+        found.append(background_colour(run_workflow("txt2img", {"Positive": {"text": prompt},
+                                                                "Sampler": {"seed": i, "cfg": cfg}})))
+    other = [(f, o) for f, a, o in zip(found, asked, asked[1:] + asked[:1]) if o != a]
+    return {"background": round(float(np.mean([f == a for f, a in zip(found, asked)])), 3),
+            "chance": round(float(np.mean([f == o for f, o in other])), 3), "samples": len(scenes), "cfg": cfg}
 
 
 def autoencoder_ceiling(n: int = 96, path=None) -> dict:

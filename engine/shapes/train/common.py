@@ -223,6 +223,7 @@ def measure_file(path: Path, kind: str) -> dict:
     memory.configure("auto", "fp32")
     if kind == "checkpoint":
         found = {"txt2img": quality.txt2img_adherence(seeds=1), "txt2img_cfg1": quality.txt2img_adherence(cfg=1.0, seeds=1),
+                 "background": quality.background_adherence(n=12),
                  "inpaint": quality.inpaint_adherence(n=8), "sdedit": quality.sdedit_follow(n=8),
                  "autoencoder": quality.autoencoder_ceiling(path=path)}
     elif kind == "controlnet":
