@@ -79,6 +79,7 @@ class T2ITraining:
     seed: int = 0
     resume: bool = False  # start from the previous run's weights (build/shapes/t2i.safetensors) instead of random
     shape_code: bool = False  # latents with the autoencoder's learned channel 3 (else zero there, as before it had one)
+    offset_noise: float = 0.0  # see noised(): without it the starting noise, not the prompt, sets the background
 
 
 # The runs that made the shipped autoencoder, each resuming the one before: the decoder alone (the second at a lower
@@ -88,13 +89,18 @@ VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True), dict(steps=3000, lr=
 # The runs that made the shipped UNet and text encoder, each resuming the one before: the first with min-SNR-5
 # weights; the second with the plain epsilon loss (min-SNR weighting starves the low-noise steps, whose errors
 # the decoder shows as blotches); the third longer, on four times the renders, at a lower rate; the fourth on
-# twice those renders again; the fifth to seventh on the latents with the autoencoder's learned channel 3.
+# twice those renders again; the fifth to seventh on the latents with the autoencoder's learned channel 3; the
+# eighth with offset noise 0.1, on a noise stream of its own (seed 9: the others all replayed seed 0's); the ninth
+# and tenth with offset noise 0.5, which is what makes the background follow the prompt (see noised()).
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=6000, lr=2e-4, min_snr=None, resume=True, shape_code=True),
             dict(images=48000, steps=5000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True),
-            dict(images=48000, steps=12000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True))
+            dict(images=48000, steps=12000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True),
+            dict(images=48000, steps=6000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.1, seed=9),
+            dict(images=48000, steps=1500, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=11),
+            dict(images=48000, steps=3000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=12))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
@@ -468,10 +474,16 @@ def alphas_cumprod() -> torch.Tensor:
     return (1.0 / (1.0 + sigmas ** 2)).float()
 
 
-def noised(x0: torch.Tensor, ab: torch.Tensor, gen: torch.Generator):
-    """``(t, noise, x_t)``: a random integer timestep per sample and the forward process at it."""
+def noised(x0: torch.Tensor, ab: torch.Tensor, gen: torch.Generator, offset: float = 0.0):
+    """``(t, noise, x_t)``: a random integer timestep per sample and the forward process at it. ``offset``: the
+    standard deviation of a per-sample, per-channel constant added to the noise ("offset noise"). SD1's schedule
+    keeps sqrt(ᾱ) = 0.068 of the image at the last step, and on a 16x16 latent the plain noise's mean has a
+    standard deviation of 1/16, about as much: a model trained without offset reads an image's overall colour
+    (the background) off the starting noise and ignores the prompt's; with it, the noise's mean says nothing."""
     t = torch.randint(0, len(ab), (len(x0),), generator=gen, device=x0.device)
     noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+    if offset:
+        noise = noise + offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen, device=x0.device)
     a = ab[t].view(-1, 1, 1, 1)
     return t, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -515,7 +527,7 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
         common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr))
         x0 = latents[torch.as_tensor(idx, device=device)].float()
         ids = captions.batch(captions_for(idx, rng, cfg), device)
-        t, noise, xt = noised(x0, ab, gen)
+        t, noise, xt = noised(x0, ab, gen, cfg.offset_noise)
         loss = common.optimise(opt, diffusion_loss(unet, xt, t, noise, encode_text(clip, ids), ab, cfg.min_snr), params)
         ema_unet.update(unet, step)
         ema_clip.update(clip, step)

@@ -48,11 +48,13 @@ class ControlNetTraining:
 
 # The runs that made the shipped ControlNet, each resuming the one before (the second at a lower rate, the
 # third longer and on twice the renders, the fourth at a lower rate again, all against the run-4 UNet; the fifth
-# against the run-7 UNet on the latents with the autoencoder's learned channel 3, as that UNet was trained).
+# against the run-7 UNet on the latents with the autoencoder's learned channel 3, as that UNet was trained; the
+# sixth, shorter and at a lower rate, against the run-8 UNet).
 CONTROLNET_RUNS = (dict(), dict(steps=2000, lr=2e-4, resume=True),
                    dict(images=16000, steps=4500, lr=2e-4, resume=True),
                    dict(images=16000, steps=4500, lr=1.5e-4, resume=True),
-                   dict(images=16000, steps=3000, lr=1.5e-4, resume=True, shape_code=True))
+                   dict(images=16000, steps=3000, lr=1.5e-4, resume=True, shape_code=True),
+                   dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True))
 
 
 def edges_of(images: np.ndarray) -> torch.Tensor:
