@@ -162,6 +162,17 @@ def test_training_captions_tokenize_as_the_text_encoder_does(trained):
         assert captions.ids(text) == [t for t, _ in ckpt.clip.tokenize(text, spec.pad_token)[0]], text
 
 
+def test_offset_noise_moves_the_noise_mean_and_nothing_else():
+    x0, ab = torch.zeros(512, 4, 16, 16), ck.alphas_cumprod()
+    _, plain, _ = ck.noised(x0, ab, torch.Generator().manual_seed(0))
+    _, offset, xt = ck.noised(x0, ab, torch.Generator().manual_seed(0), offset=0.5)
+    assert plain.mean((2, 3)).std() < 0.08 and 0.4 < offset.mean((2, 3)).std() < 0.6  # 1/16 vs sqrt(1/256 + 0.25)
+    centred = lambda n: n - n.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(centred(offset), centred(plain))  # same draws; only a constant per channel added
+    t = ck.noised(x0, ab, torch.Generator().manual_seed(0), offset=0.5)[0]
+    torch.testing.assert_close(xt, (1 - ab[t]).sqrt().view(-1, 1, 1, 1) * offset)  # x_t carries that noise
+
+
 def test_training_schedule_is_the_sampler_schedule():
     sigmas = ((1 - ck.alphas_cumprod()) / ck.alphas_cumprod()).sqrt()
     torch.testing.assert_close(sigmas, DiscreteSchedule().sigmas, rtol=5e-5, atol=0)  # fp32 round-off

@@ -50,6 +50,13 @@ def test_guidance_makes_samples_follow_the_prompt():
     assert guided["colour_and_kind"] >= unguided["colour_and_kind"] + 0.1, (guided, unguided)
 
 
+def test_the_background_follows_the_prompt():
+    """"..., blue background" gives a blue background: the prompt sets it, not the seed's starting noise (the
+    checkpoint before offset-noise training drew the same background for every prompt at a given seed)."""
+    result = quality.background_adherence(n=6)
+    assert result["background"] >= 0.66 and result["background"] >= result["chance"] + 0.5, result
+
+
 def test_the_autoencoder_keeps_colour_and_kind():
     """VAE encode then decode (as the VAEEncode and VAEDecode nodes run it) keeps the colour and kind of most
     held-out one-shape renders, as the evaluator reads them: what bounds every txt2img score."""
