@@ -15,10 +15,10 @@ Eight pixels a latent are too coarse for small shapes (a small star's points ave
 (``shape_code``) also learns latent channel 3, which the block code leaves at zero: a narrow slice of the encoder
 (:mod:`.latent_code`) trained with the decoder, calibrated to zero mean and unit variance.
 
-Stage ``t2i``: epsilon prediction on SD1's scaled-linear 1000-step schedule, min-SNR-5 loss weights,
-10% empty captions (classifier-free guidance), captions with sizes, positions and backgrounds randomly
+Stage ``t2i``: epsilon prediction on SD1's scaled-linear 1000-step schedule (min-SNR-5 loss weights in the first
+run only), 10% empty captions (classifier-free guidance), captions with sizes, positions and backgrounds randomly
 left out, the text encoder read as SD1 reads CLIP-L (last layer, final LayerNorm, padded with the end
-token), EMA weights saved.
+token), offset noise in the last runs (so the prompt, not the starting noise, sets the background), EMA weights saved.
 """
 from __future__ import annotations
 
