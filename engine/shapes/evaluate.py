@@ -41,6 +41,8 @@ PROTOTYPES: dict[str, tuple[float, ...]] = {  # median SIGNATURE over clean, blu
 _PROTOTYPE_MATRIX = np.array([PROTOTYPES[k] for k in KINDS])
 _COLOUR_NAMES = tuple(COLOURS)
 _COLOUR_LABS = srgb_to_lab(np.array([COLOURS[c] for c in _COLOUR_NAMES], np.float32))
+_BACKGROUND_NAMES = tuple(BACKGROUND_COLOURS)
+_BACKGROUND_LABS = srgb_to_lab(np.array([BACKGROUND_COLOURS[c] for c in _BACKGROUND_NAMES], np.float32))
 
 
 @dataclass
@@ -97,9 +99,7 @@ def background_colour(image) -> str:
     border: what a plain background is called. Shapes keep off the border, so a stray one barely moves the median."""
     rgb01 = _as_rgb01(image)
     median = np.median(rgb01[_border(*rgb01.shape[:2])], axis=0) * 255.0
-    names = list(BACKGROUND_COLOURS)
-    labs = srgb_to_lab(np.array([BACKGROUND_COLOURS[n] for n in names], np.float32))
-    return names[int(np.argmin(np.linalg.norm(labs - srgb_to_lab(median), axis=-1)))]
+    return _BACKGROUND_NAMES[int(np.argmin(np.linalg.norm(_BACKGROUND_LABS - srgb_to_lab(median), axis=-1)))]
 
 
 def _clean(mask: np.ndarray, up: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from ..executor import Executor
 from ..paths import ROOT
 from .evaluate import background_colour, find_shapes, mask_iou, matches, score_prompt
-from .scene import COLOURS, parse_caption, render, scene_at, shape_masks
+from .scene import COLOURS, parse_caption, render, scene_at, shape_masks, with_article
 
 WORKFLOWS = ROOT / "workflows" / "shapes"
 EVAL_SEED = 2
@@ -65,7 +65,7 @@ def eval_prompts(n: int = 24) -> list[str]:
     for i in range(n):
         shape = scene_at(EVAL_SEED, i, max_shapes=1).shapes[0]
         phrase = f"{shape.colour} {shape.kind}" if i % 2 == 0 else f"{shape.size} {shape.colour} {shape.kind} {shape.position}"
-        prompts.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+        prompts.append(with_article(phrase))
     return prompts
 
 
@@ -93,7 +93,7 @@ def background_adherence(n: int = 24, cfg: float = DEFAULT_CFG) -> dict:
     found = []
     for i, scene in enumerate(scenes):
         shape = scene.shapes[0]
-        prompt = f"a {shape.colour} {shape.kind}, {asked[i]} background"
+        prompt = with_article(f"{shape.colour} {shape.kind}, {asked[i]} background")
         found.append(background_colour(run_workflow("txt2img", {"Positive": {"text": prompt},
                                                                 "Sampler": {"seed": i, "cfg": cfg}})))
     other = [(f, o) for f, a, o in zip(found, asked, asked[1:] + asked[:1]) if o != a]

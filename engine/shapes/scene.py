@@ -283,12 +283,13 @@ def shape_masks(scene: Scene, size: int = 128) -> np.ndarray:
 
 # --- captions -----------------------------------------------------------------------------------------
 
-def _with_article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """"a red circle", "an orange star": the article the captions use."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _shape_phrase(shape: Shape) -> str:
-    return _with_article(f"{shape.size} {shape.colour} {shape.kind} {shape.position}")
+    return with_article(f"{shape.size} {shape.colour} {shape.kind} {shape.position}")
 
 
 def _background_phrase(background: Background) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..scene import GENERATOR_VERSION, Scene, render, scene_at
+from ..scene import GENERATOR_VERSION, Scene, render, scene_at, with_article
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "assets" / "models"
@@ -62,7 +62,7 @@ def describe(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str
         if rng.random() >= p_drop:
             words.append(shape.position)
         phrase = " ".join(words)
-        parts.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+        parts.append(with_article(phrase))
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     if rng.random() >= p_drop:
         bg = scene.background
