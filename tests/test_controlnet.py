@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from engine import memory
 from engine.executor import Executor
-from engine.loading.checkpoint import load_checkpoint
+from engine.loading.checkpoint import UNET_PREFIX, load_checkpoint
 from engine.loading.controlnet import (adapter_state_dict, controlnet_from_diffusers, detect_adapter_config,
                                        detect_controlnet_config, load_controlnet)
 from engine.loading.files import WeightsFileError, from_tensors, load_into
@@ -32,7 +32,6 @@ from engine.workflow import load_workflow
 from nodes.control import ControlNetApply, ControlNetApplyAdvanced, DiffControlNetLoader
 from tests.sd_fixtures import TINY_SD1_UNET, make_checkpoint
 
-UNET_PREFIX = "model.diffusion_model."
 TINY_CONTROLNET = ControlNetConfig(TINY_SD1_UNET)
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 

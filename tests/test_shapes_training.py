@@ -226,7 +226,8 @@ def test_lora_is_kohya_format_and_matches_every_module(trained):
     assert all(k.startswith("lora_unet_") for k in tensors)
     assert any(k.startswith("lora_unet_down_blocks_") and ".lora_down." in k for k in tensors)
     from safetensors.torch import load_file
-    unet_sd = {k[22:]: v for k, v in load_file(str(path)).items() if k.startswith("model.diffusion_model.")}
+    from engine.loading.checkpoint import UNET_PREFIX
+    unet_sd = {k.removeprefix(UNET_PREFIX): v for k, v in load_file(str(path)).items() if k.startswith(UNET_PREFIX)}
     matched = match_lora(tensors, "lora", detect_unet_config(unet_sd))
     assert not matched.unmatched
     assert len(matched.unet.adapters) == len(tensors) // 3  # down, up, alpha per module
