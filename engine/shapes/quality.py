@@ -149,8 +149,7 @@ def controlnet_adherence(n: int = 12, strength: float = 1.0) -> dict:
 def inpaint_adherence(n: int = 8) -> dict:
     """Inpainting workflow: the prompt's shape inside the masked square, and every pixel outside it unchanged."""
     source = run_workflow("inpaint", output="Input scene")
-    hole = np.zeros(source.shape[:2], bool)
-    hole[36:92, 36:92] = True  # the workflow's mask: a 56 px square at (36, 36)
+    hole = run_workflow("inpaint", output="Mask") > 127  # the square the workflow re-generates
     inside, unchanged = [], []
     for i, prompt in enumerate(eval_prompts(n)):
         shape = parse_caption(prompt)[0]
