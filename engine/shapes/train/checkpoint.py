@@ -91,7 +91,8 @@ VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True), dict(steps=3000, lr=
 # the decoder shows as blotches); the third longer, on four times the renders, at a lower rate; the fourth on
 # twice those renders again; the fifth to seventh on the latents with the autoencoder's learned channel 3; the
 # eighth with offset noise 0.1, on a noise stream of its own (seed 9: the others all replayed seed 0's); the ninth
-# and tenth with offset noise 0.5, which is what makes the background follow the prompt (see noised()).
+# and tenth with offset noise 0.5, which is what makes the background follow the prompt (see noised()); the
+# eleventh longer, at offset 0.5 too.
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True),
@@ -100,7 +101,8 @@ T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=48000, steps=12000, lr=1.5e-4, min_snr=None, resume=True, shape_code=True),
             dict(images=48000, steps=6000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.1, seed=9),
             dict(images=48000, steps=1500, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=11),
-            dict(images=48000, steps=3000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=12))
+            dict(images=48000, steps=3000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=12),
+            dict(images=48000, steps=10000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=13))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
