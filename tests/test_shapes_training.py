@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import memory
-from engine.loading.checkpoint import load_checkpoint
+from engine.loading.checkpoint import UNET_PREFIX, load_checkpoint
 from engine.loading.controlnet import load_controlnet
 from engine.loading.lora import match_lora, read_lora_file
 from engine.models.unet import detect_unet_config
@@ -226,7 +226,6 @@ def test_lora_is_kohya_format_and_matches_every_module(trained):
     assert all(k.startswith("lora_unet_") for k in tensors)
     assert any(k.startswith("lora_unet_down_blocks_") and ".lora_down." in k for k in tensors)
     from safetensors.torch import load_file
-    from engine.loading.checkpoint import UNET_PREFIX
     unet_sd = {k.removeprefix(UNET_PREFIX): v for k, v in load_file(str(path)).items() if k.startswith(UNET_PREFIX)}
     matched = match_lora(tensors, "lora", detect_unet_config(unet_sd))
     assert not matched.unmatched
