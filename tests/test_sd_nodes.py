@@ -91,6 +91,34 @@ def test_area_conditioning_and_combine_change_only_what_they_cover(g):
     assert not torch.allclose(plain["samples"], mixed["samples"])
 
 
+def test_an_area_is_guided_against_the_negative_on_its_own_crop(g, monkeypatch):
+    """ComfyUI gives an area an opposite of the same area: the negative prompt is evaluated on the area's crop
+    too, so CFG compares the crop's two predictions (against the whole latent's negative alone, CFG amplified
+    the difference between a crop and the whole picture, and the area filled with noise)."""
+    from engine.models.unet import UNetModel
+    graph, run = g
+    graph.add_node("CLIPTextEncode", {"text": "a blue star"}, id="star")
+    graph.connect("ckpt", 1, "star", "clip")
+    graph.add_node("ConditioningSetArea", {"width": 64, "height": 64, "x": 64, "y": 0, "strength": 1.0}, id="area")
+    graph.connect("star", 0, "area", "conditioning")
+    graph.add_node("ConditioningCombine", id="both")
+    graph.connect("pos", 0, "both", "conditioning_1")
+    graph.connect("area", 0, "both", "conditioning_2")
+    graph.add_node("EmptyLatentImage", {"width": 128, "height": 64, "batch_size": 1}, id="wide")
+    add_ksampler(graph, "mixed", latent=("wide", 0), positive=("both", 0), steps=2)
+    calls, forward = [], UNetModel.forward
+
+    def recording(self, x, timesteps, context, *args, **kwargs):
+        calls.append((tuple(x.shape), context))
+        return forward(self, x, timesteps, context, *args, **kwargs)
+
+    monkeypatch.setattr(UNetModel, "forward", recording)
+    run("mixed")
+    assert [shape for shape, _ in calls] == [(2, 4, 8, 16), (2, 4, 8, 8)] * 2  # whole latent, then the area's crop
+    whole, crop = calls[0][1], calls[1][1]
+    assert torch.equal(crop[1], whole[1]) and not torch.equal(crop[0], whole[0])  # negative prompt on the crop
+
+
 def test_sampler_custom_advanced_equals_ksampler_and_split_sigmas_compose(g):
     graph, run = g
     add_ksampler(graph, "ks", steps=4)

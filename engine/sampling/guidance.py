@@ -5,12 +5,14 @@ every active entry of the positive and negative conditioning is evaluated on
 its area (crop of x) with its weight (strength × mask, feathered area edges);
 entries are batched into one network forward; the x0 predictions of each side
 are averaged by weight; then ``uncond + (cond − uncond)·cfg``.  At cfg = 1
-the negative side is not evaluated at all.
+the negative side is not evaluated at all.  As in ComfyUI's ``process_conds``,
+an entry with an area gets an opposite of the same area on the other side
+(:func:`_add_same_area_opposites`), so both sides of the guidance see that crop.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,36 @@ def _fuzz_edges(weight, area, full_hw):
     return weight
 
 
+def _add_same_area_opposites(sides: list[list[_Prepared]]) -> None:
+    """ComfyUI's ``create_cond_with_same_area_if_none``, for every entry with an area, positive then negative:
+    unless the other side has an entry of exactly that area, append to it a copy of the entry whose prompt
+    (context, pooled ``y``, concat) is that of the other side's entry that best encloses the area (the smallest
+    enclosing area, else the first entry without one); area, weight, timestep range and ControlNet stay the
+    entry's own. Without it the negative of an area is only the whole-latent prediction, and CFG amplifies
+    the difference between a crop's prediction and the whole image's (noise in the area)."""
+    for k, side in enumerate(sides):
+        for entry in side:
+            for other in sides[:k] + sides[k + 1:]:
+                if entry.area is None:
+                    continue
+                best = None
+                for candidate in other:
+                    if candidate.area is None:
+                        best = candidate if best is None else best
+                    elif _inside(entry.area, candidate.area) and (best is None or best.area is None or
+                                                                 math.prod(best.area[:2]) > math.prod(candidate.area[:2])):
+                        best = candidate
+                if best is not None and best.area != entry.area:
+                    other.append(replace(entry, context=best.context, y=best.y, concat=best.concat))
+
+
+def _inside(area, outer) -> bool:
+    """Whether ``area`` (h, w, y, x) lies within ``outer``."""
+    h, w, y, x = area
+    oh, ow, oy, ox = outer
+    return y + h <= oy + oh and x + w <= ox + ow and y >= oy and x >= ox
+
+
 class CFGDenoiser:
     """``D(x, sigma) -> x0`` with guidance, for a DiffusionModel and positive/negative conditioning."""
 
@@ -96,6 +128,7 @@ class CFGDenoiser:
         if not self.skip_uncond:
             negative = control_to_uncond(positive, negative)  # the old ControlNetApply guides the uncond too
             self.sides.append(self._prepare(negative, hw, "negative", concat_latent, concat_mask))
+            _add_same_area_opposites(self.sides)
 
     def _prepare(self, conds, hw, prompt_type, concat_latent, concat_mask) -> list[_Prepared]:
         device = self.model.device
