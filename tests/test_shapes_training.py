@@ -4,6 +4,7 @@ Each trainer runs a few steps on a handful of scenes (the shipped configs, tiny 
 through the same loader a user's file would: the checkpoint is detected as SD1 from its shapes, the
 ControlNet and the kohya LoRA match the checkpoint's UNet, spandrel recognises the upscaler.
 """
+import json
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -173,6 +174,16 @@ def test_offset_noise_moves_the_noise_mean_and_nothing_else():
     torch.testing.assert_close(xt, (1 - ab[t]).sqrt().view(-1, 1, 1, 1) * offset)  # x_t carries that noise
 
 
+def test_a_focus_draws_scenes_with_those_kinds_that_many_times_a_pass():
+    assert ck.focus_repeats(ck.T2ITraining()) is None
+    repeats = ck.focus_repeats(replace(ck.T2ITraining(), images=300, focus=("star", "ring"), focus_repeats=3))
+    focused = [any(s.kind in ("star", "ring") for s in scene_at(common.TRAIN_SEED, i).shapes) for i in range(300)]
+    assert 50 < sum(focused) < 250 and list(repeats) == [3 if f else 1 for f in focused]
+    one_pass = np.concatenate(list(common.batches(300, 1, int(repeats.sum()), 0, repeats)))
+    np.testing.assert_array_equal(np.bincount(one_pass, minlength=300), repeats)
+    assert sorted(next(common.batches(300, 300, 1, 0))) == list(range(300))  # no repeats: each once a pass
+
+
 def test_training_schedule_is_the_sampler_schedule():
     sigmas = ((1 - ck.alphas_cumprod()) / ck.alphas_cumprod()).sqrt()
     torch.testing.assert_close(sigmas, DiscreteSchedule().sigmas, rtol=5e-5, atol=0)  # fp32 round-off
@@ -270,7 +281,7 @@ def test_shipped_files_record_the_runs_their_training_commands_make():
     def agree(recorded, table, config):
         assert len(recorded) == len(table)
         for run, overrides in zip(recorded, table):
-            wanted = asdict(replace(config(), **overrides))
+            wanted = json.loads(json.dumps(asdict(replace(config(), **overrides))))  # as recorded: tuples are lists
             assert {k: run[k] for k in wanted if k in run} == {k: v for k, v in wanted.items() if k in run}
 
     meta = common.metadata_of(ck.CHECKPOINT)

@@ -48,6 +48,8 @@ def test_guidance_makes_samples_follow_the_prompt():
     unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=24, seeds=1)
     assert guided["colour"] >= 0.75 and guided["colour_and_kind"] >= 0.6, guided
     assert guided["colour_and_kind"] >= unguided["colour_and_kind"] + 0.1, (guided, unguided)
+    hits, samples = zip(*(map(int, v.split("/")) for v in guided["by_kind"].values()))
+    assert sum(samples) == 24 and sum(hits) == round(24 * guided["colour_and_kind"])  # the misses, per kind
 
 
 def test_the_background_follows_the_prompt():

@@ -71,8 +71,10 @@ def eval_prompts(n: int = 24) -> list[str]:
 
 def txt2img_adherence(cfg: float = DEFAULT_CFG, n_prompts: int = 24, seeds: int = 2, workflow: str = "txt2img",
                       extra: dict | None = None) -> dict:
-    """Fraction of samples in which the requested colour AND kind are found (plus colour, kind alone)."""
+    """Fraction of samples in which the requested colour AND kind are found (plus colour, kind alone), and
+    ``by_kind``: "hits/samples" of colour and kind per requested kind (where the misses are)."""
     scores = {"colour_and_kind": [], "colour": [], "kind": []}
+    by_kind: dict[str, list[float]] = {}
     for i, prompt in enumerate(eval_prompts(n_prompts)):
         for s in range(seeds):
             image = run_workflow(workflow, {"Positive": {"text": prompt}, "Sampler": {"seed": 1000 * s + i, "cfg": cfg},
@@ -80,7 +82,10 @@ def txt2img_adherence(cfg: float = DEFAULT_CFG, n_prompts: int = 24, seeds: int 
             result = score_prompt(image, prompt)
             for key in scores:
                 scores[key].append(result[key])
-    return {key: round(float(np.mean(v)), 3) for key, v in scores.items()} | {"samples": n_prompts * seeds, "cfg": cfg}
+            by_kind.setdefault(result["requested"][0]["kind"], []).append(result["colour_and_kind"])
+    return ({key: round(float(np.mean(v)), 3) for key, v in scores.items()}
+            | {"by_kind": {kind: f"{sum(v):g}/{len(v)}" for kind, v in sorted(by_kind.items())},
+               "samples": n_prompts * seeds, "cfg": cfg})
 
 
 def background_adherence(n: int = 24, cfg: float = DEFAULT_CFG) -> dict:

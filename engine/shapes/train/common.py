@@ -199,13 +199,15 @@ def metadata_of(path: Path) -> dict:
     return out
 
 
-def batches(n_items: int, batch_size: int, steps: int, seed: int):
-    """``steps`` index batches drawn without replacement within each pass over ``n_items``."""
+def batches(n_items: int, batch_size: int, steps: int, seed: int, repeats: np.ndarray | None = None):
+    """``steps`` index batches drawn without replacement within each pass over ``n_items``. ``repeats``: how
+    many times each item appears in a pass (default once each)."""
     rng = np.random.default_rng(seed)
-    order, at = rng.permutation(n_items), 0
+    pool = n_items if repeats is None else np.repeat(np.arange(n_items), repeats)
+    order, at = rng.permutation(pool), 0
     for _ in range(steps):
-        if at + batch_size > n_items:
-            order, at = rng.permutation(n_items), 0
+        if at + batch_size > len(order):
+            order, at = rng.permutation(pool), 0
         yield order[at:at + batch_size]
         at += batch_size
 
