@@ -76,15 +76,20 @@ def test_noise_mask_keeps_the_unmasked_latent_exactly(g):
     assert torch.equal(again["samples"], first["samples"])  # mask 0 everywhere: nothing may change
 
 
-def test_area_conditioning_and_combine_change_only_what_they_cover(g):
-    graph, run = g
+def add_star_area(graph, x):
+    """The positive prompt combined with "a blue star" in the 64 px square at ``x`` (node "both")."""
     graph.add_node("CLIPTextEncode", {"text": "a blue star"}, id="star")
     graph.connect("ckpt", 1, "star", "clip")
-    graph.add_node("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}, id="area")
+    graph.add_node("ConditioningSetArea", {"width": 64, "height": 64, "x": x, "y": 0, "strength": 1.0}, id="area")
     graph.connect("star", 0, "area", "conditioning")
     graph.add_node("ConditioningCombine", id="both")
     graph.connect("pos", 0, "both", "conditioning_1")
     graph.connect("area", 0, "both", "conditioning_2")
+
+
+def test_area_conditioning_and_combine_change_only_what_they_cover(g):
+    graph, run = g
+    add_star_area(graph, x=0)
     add_ksampler(graph, "plain")
     add_ksampler(graph, "mixed", positive=("both", 0))
     (plain,), (mixed,) = run("plain", "mixed")
@@ -97,13 +102,7 @@ def test_an_area_is_guided_against_the_negative_on_its_own_crop(g, monkeypatch):
     the difference between a crop and the whole picture, and the area filled with noise)."""
     from engine.models.unet import UNetModel
     graph, run = g
-    graph.add_node("CLIPTextEncode", {"text": "a blue star"}, id="star")
-    graph.connect("ckpt", 1, "star", "clip")
-    graph.add_node("ConditioningSetArea", {"width": 64, "height": 64, "x": 64, "y": 0, "strength": 1.0}, id="area")
-    graph.connect("star", 0, "area", "conditioning")
-    graph.add_node("ConditioningCombine", id="both")
-    graph.connect("pos", 0, "both", "conditioning_1")
-    graph.connect("area", 0, "both", "conditioning_2")
+    add_star_area(graph, x=64)
     graph.add_node("EmptyLatentImage", {"width": 128, "height": 64, "batch_size": 1}, id="wide")
     add_ksampler(graph, "mixed", latent=("wide", 0), positive=("both", 0), steps=2)
     calls, forward = [], UNetModel.forward
