@@ -91,10 +91,8 @@ def _add_same_area_opposites(sides: list[list[_Prepared]]) -> None:
     entry's own. Without it the negative of an area is only the whole-latent prediction, and CFG amplifies
     the difference between a crop's prediction and the whole image's (noise in the area)."""
     for k, side in enumerate(sides):
-        for entry in side:
+        for entry in (e for e in side if e.area is not None):
             for other in sides[:k] + sides[k + 1:]:
-                if entry.area is None:
-                    continue
                 best = None
                 for candidate in other:
                     if candidate.area is None:
