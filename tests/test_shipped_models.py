@@ -84,6 +84,15 @@ def test_checkpoint_workflows_run(name):
     assert image.shape[:2] == expected and image.std() > 5
 
 
+def test_area_composition_draws_each_area_its_own_prompt():
+    """The example's left area asks for a red circle and its right area for a blue square: the evaluator finds
+    just those two shapes, each in its own half (before the negative prompt was evaluated on each area's crop,
+    CFG filled the picture with coloured specks and it found nothing)."""
+    from engine.shapes.evaluate import find_shapes
+    found = find_shapes(quality.run_workflow("area_composition"))
+    assert sorted((f.colour, f.cx < 0.5) for f in found) == [("blue", False), ("red", True)], found
+
+
 def test_controlnet_puts_the_shape_where_the_edges_are():
     """The control scene's silhouette is matched far better with the ControlNet than without it (strength 0),
     and the colour still comes from the prompt (tests/bench/quality.py measures outline IoU on more samples)."""
