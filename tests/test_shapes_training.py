@@ -184,6 +184,17 @@ def test_a_focus_draws_scenes_with_those_kinds_that_many_times_a_pass():
     assert sorted(next(common.batches(300, 300, 1, 0))) == list(range(300))  # no repeats: each once a pass
 
 
+def test_hires_steps_train_on_the_same_scenes_at_twice_the_size():
+    """A quarter of a hires run's steps, evenly spread, see 32x32 latents of 256-pixel renders, and those are the
+    training scenes themselves (whose captions the step draws): pooled 2x they are the 128-pixel latents."""
+    assert ck.hires_steps(ck.T2ITraining()) is None
+    steps = ck.hires_steps(replace(ck.T2ITraining(), steps=400, hires=0.25))
+    assert steps.sum() == 100 and np.diff(np.flatnonzero(steps)).max() == 4
+    small, large = (ck.encode_latents(common.TRAIN_SEED, 6, CPU, size=size) for size in (128, 256))
+    assert small.shape == (6, 4, 16, 16) and large.shape == (6, 4, 32, 32)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(large, 2), small, atol=0.1, rtol=0)  # anti-aliasing
+
+
 def test_training_schedule_is_the_sampler_schedule():
     sigmas = ((1 - ck.alphas_cumprod()) / ck.alphas_cumprod()).sqrt()
     torch.testing.assert_close(sigmas, DiscreteSchedule().sigmas, rtol=5e-5, atol=0)  # fp32 round-off

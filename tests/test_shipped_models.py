@@ -114,3 +114,14 @@ def test_upscaler_beats_bicubic_on_held_out_renders():
 def test_upscale_workflow_doubles_the_picture():
     image = quality.run_workflow("esrgan_upscale")
     assert image.shape == (256, 256, 3) and image.std() > 5
+
+
+def test_hires_fix_draws_the_prompt_at_twice_the_size():
+    """The hires-fix example (a 128 px pass, its latent upscaled 2x and re-sampled at denoise 0.5) draws at 256 px
+    just what its prompt asks: a red circle on the left and a blue star at the top right. Before the UNet also
+    trained on 256-pixel renders, the second pass broke the circle into red lumps and the star into specks."""
+    from engine.shapes.evaluate import find_shapes
+    found = find_shapes(quality.run_workflow("hires_fix"))
+    assert sorted((f.colour, f.kind) for f in found) == [("blue", "star"), ("red", "circle")], found
+    star, circle = sorted(found, key=lambda f: f.colour)
+    assert circle.cx < 0.5 and star.cx > 0.5 and star.cy < 0.5, found

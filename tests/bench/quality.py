@@ -5,6 +5,7 @@ Run: python -m tests.bench.quality [--quick] [--threads N]
 For each shipped file it runs the workflow that uses it and scores the images with the OpenCV evaluator
 (engine.shapes.evaluate), printing one table plus JSON:
 - txt2img: requested colour AND kind found, at the default CFG (6) and at CFG 1 (the guidance baseline);
+- hires fix: the same at 256 px, through the hires-fix workflow (same prompts and first-pass seeds as txt2img);
 - background: the plain background a prompt names is the image's, next to how often it is another prompt's (chance);
 - autoencoder: the same found in the VAE round trip of one-shape renders (the ceiling for txt2img);
 - inpainting: the prompt's shape inside the mask; pixels outside it bit-identical to the input;
@@ -62,6 +63,7 @@ def main():
         results["speed"] = speed()
         results["txt2img"] = quality.txt2img_adherence(n_prompts=n or 24, seeds=1 if n else 2)
         results["txt2img_cfg1"] = quality.txt2img_adherence(cfg=1.0, n_prompts=n or 24, seeds=1 if n else 2)
+        results["hires_fix"] = quality.txt2img_adherence(n_prompts=n or 24, seeds=1 if n else 2, workflow="hires_fix")
         results["background"] = quality.background_adherence(n or 24)
         results["autoencoder"] = quality.autoencoder_ceiling(n or 96)
         results["inpaint"] = quality.inpaint_adherence(n or 8)

@@ -19,7 +19,8 @@ Stage ``t2i``: epsilon prediction on SD1's scaled-linear 1000-step schedule (min
 run only), 10% empty captions (classifier-free guidance), captions with sizes, positions and backgrounds randomly
 left out, the text encoder read as SD1 reads CLIP-L (last layer, final LayerNorm, padded with the end
 token), offset noise in the last runs (so the prompt, not the starting noise, sets the background), scenes with the
-kinds it drew worst seen more often in the last two (``focus``), EMA weights saved.
+kinds it drew worst seen more often in the last four (``focus``), a quarter of the steps of the last two on
+256-pixel renders (``hires``), EMA weights saved.
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ class T2ITraining:
     offset_noise: float = 0.0  # see noised(): without it the starting noise, not the prompt, sets the background
     focus: tuple[str, ...] = ()  # shape kinds drawn more often: a scene with one of them is seen focus_repeats times a pass
     focus_repeats: int = 2
+    hires: float = 0.0  # fraction of steps on renders at twice the size (see hires_steps())
+    hires_images: int = 4000
 
 
 # The runs that made the shipped autoencoder, each resuming the one before: the decoder alone (the second at a lower
@@ -95,9 +98,10 @@ VAE_RUNS = (dict(), dict(steps=4000, lr=3e-4, resume=True), dict(steps=3000, lr=
 # twice those renders again; the fifth to seventh on the latents with the autoencoder's learned channel 3; the
 # eighth with offset noise 0.1, on a noise stream of its own (seed 9: the others all replayed seed 0's); the ninth
 # and tenth with offset noise 0.5, which is what makes the background follow the prompt (see noised()); the
-# eleventh longer, at offset 0.5 too; the twelfth and thirteenth with scenes holding a star or a square drawn twice
+# eleventh longer, at offset 0.5 too; the twelfth to fifteenth with scenes holding a star or a square drawn twice
 # as often (after eleven runs those were the kinds the model drew worst: stars 6 of 18 samples, squares 8 of 16,
-# the rest 96 of 110).
+# the rest 96 of 110); the last two also with a quarter of their steps on 256-pixel renders (hires_steps():
+# before them a hires-fix second pass at 256 pixels turned a circle into lumps).
 T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=24000, steps=10000, lr=2e-4, min_snr=None, resume=True),
             dict(images=48000, steps=12000, lr=2e-4, min_snr=None, resume=True),
@@ -111,7 +115,11 @@ T2I_RUNS = (dict(), dict(steps=3000, lr=3e-4, min_snr=None, resume=True),
             dict(images=48000, steps=9000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=14,
                  focus=("star", "square")),
             dict(images=48000, steps=9000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=15,
-                 focus=("star", "square")))
+                 focus=("star", "square")),
+            dict(images=48000, steps=9000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=16,
+                 focus=("star", "square"), hires=0.25),
+            dict(images=48000, steps=9000, lr=1e-4, min_snr=None, resume=True, shape_code=True, offset_noise=0.5, seed=17,
+                 focus=("star", "square"), hires=0.25))
 
 
 # --- VAE ---------------------------------------------------------------------------------------------------
@@ -198,7 +206,7 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     for p in trained:
         p.requires_grad_(True)
     frozen = base_path(vae.decoder)
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
+    opt = common.adamw(trained, cfg.lr)
     log = Log("vae", out.with_suffix(".log.jsonl"), cfg.steps, {"training": cfg, "vae": VAE_CONFIG})
     gen = torch.Generator(device).manual_seed(cfg.seed)
     held_out = common.to_tensor(common.render_set(common.EVAL_SEED, range(16))).to(device)
@@ -436,11 +444,13 @@ def encode_text(clip: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(seed: int, n: int, device, texture: str | None = None, shape_code: bool = False) -> torch.Tensor:
-    """Scaled latents (``LATENT_SCALE`` applied) of renders 0..n-1 of the set ``seed``: what the encoder of the
-    autoencoder in use (:func:`autoencoder_file`) gives them, with channel 3 at zero unless ``shape_code`` (the
-    runs before the autoencoder learned channel 3 saw it so, and reproduce only so). With the learned channel 3
-    they cost about 25 ms a render on a CPU core, so they are kept in ``common.WORK`` under the code's fingerprint."""
+def encode_latents(seed: int, n: int, device, texture: str | None = None, shape_code: bool = False,
+                   size: int = 128) -> torch.Tensor:
+    """Scaled latents (``LATENT_SCALE`` applied) of ``size``-pixel renders 0..n-1 of the set ``seed``: what the
+    encoder of the autoencoder in use (:func:`autoencoder_file`) gives them, with channel 3 at zero unless
+    ``shape_code`` (the runs before the autoencoder learned channel 3 saw it so, and reproduce only so). With the
+    learned channel 3 they cost about 25 ms a 128-pixel render on a CPU core (four times that at 256), so they are
+    kept in ``common.WORK`` under the code's fingerprint."""
     scale, code = latent_scale(), training_code() if shape_code else None
     if shape_code and code is None:
         raise RuntimeError(f"{autoencoder_file()} has no learned latent channel 3: train stage vae first "
@@ -448,13 +458,14 @@ def encode_latents(seed: int, n: int, device, texture: str | None = None, shape_
     cache = None
     if code is not None:
         fingerprint = latent_code.fingerprint(code)
-        cache = common.WORK / f"latents-{seed}-{n}-{texture}-{fingerprint}.pt"
-        for path in common.WORK.glob(f"latents-{seed}-*-{texture}-{fingerprint}.pt"):
+        tag = f"{texture}-{fingerprint}" + (f"-{size}px" if size != 128 else "")
+        cache = common.WORK / f"latents-{seed}-{n}-{tag}.pt"
+        for path in common.WORK.glob(f"latents-{seed}-*-{tag}.pt"):
             if int(path.name.split("-")[2]) >= n:  # render i is the same whatever the set's length
                 return torch.load(path, weights_only=True)[:n].to(device)
     if code is not None:  # its full-resolution convolutions are the cost: on the GPU when training runs there
         code = code.to(device)
-    out = [fast_latents(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), texture=texture))
+    out = [fast_latents(common.to_tensor(common.render_set(seed, range(start, min(n, start + 500)), size, texture))
                         .to(device), scale, code).cpu() for start in range(0, n, 500)]
     latents = torch.cat(out) * LATENT_SCALE
     if cache is not None:
@@ -522,6 +533,16 @@ def focus_repeats(cfg: T2ITraining, seed: int = TRAIN_SEED) -> np.ndarray | None
                      for i in range(cfg.images)])
 
 
+def hires_steps(cfg: T2ITraining) -> np.ndarray | None:
+    """Which steps train on 256-pixel renders (a fraction ``cfg.hires`` of them, evenly spread), or None. A
+    256-pixel render is the same scene (sizes and positions are fractions of the side) on 32x32 latents: a model
+    that has only seen 16x16 ones draws each shape at its 128-pixel size in latent pixels, so at 256 pixels it
+    tiles the prompt's shapes, and a hires-fix second pass turns a large circle into lumps."""
+    if not cfg.hires:
+        return None
+    return np.floor((np.arange(cfg.steps) + 1) * cfg.hires) > np.floor(np.arange(cfg.steps) * cfg.hires)
+
+
 @lru_cache(maxsize=None)  # each scene is captioned once an epoch: drawing it again costs more than the rest of a step
 def _scene(seed: int, index: int):
     return scene_at(seed, index)
@@ -536,16 +557,23 @@ def train_t2i(cfg: T2ITraining, device: torch.device, out: Path = CHECKPOINT, me
     previous = common.metadata_of(t2i_file()) if cfg.resume else None
     unet, clip = unet.to(device), clip.to(device)
     params = list(unet.parameters()) + list(clip.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    opt = common.adamw(params, cfg.lr, weight_decay=0.01)
     ema_unet, ema_clip = common.EMA(unet, cfg.ema), common.EMA(clip, cfg.ema)
     ab = alphas_cumprod().to(device)
     captions, rng = Captions(), np.random.default_rng(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     log = Log("t2i", common.WORK / "t2i.log.jsonl", cfg.steps,
               {"training": cfg, "unet": UNET_CONFIG, "clip": CLIP_CONFIG, "vae": VAE_CONFIG})
+    hires = hires_steps(cfg)
+    if hires is not None:
+        hires_latents = encode_latents(TRAIN_SEED, cfg.hires_images, device, shape_code=cfg.shape_code, size=256)
+        hires_batches = common.batches(cfg.hires_images, cfg.batch // 4, int(hires.sum()), cfg.seed + 1)
     for step, idx in enumerate(common.batches(cfg.images, cfg.batch, cfg.steps, cfg.seed, focus_repeats(cfg))):
         common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr))
-        x0 = latents[torch.as_tensor(idx, device=device)].float()
+        source = latents
+        if hires is not None and hires[step]:  # a quarter of the batch: four times the latents each, the same cost
+            idx, source = next(hires_batches), hires_latents
+        x0 = source[torch.as_tensor(idx, device=device)].float()
         ids = captions.batch(captions_for(idx, rng, cfg), device)
         t, noise, xt = noised(x0, ab, gen, cfg.offset_noise)
         loss = common.optimise(opt, diffusion_loss(unet, xt, t, noise, encode_text(clip, ids), ab, cfg.min_snr), params)

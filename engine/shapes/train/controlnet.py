@@ -50,15 +50,16 @@ class ControlNetTraining:
 # third longer and on twice the renders, the fourth at a lower rate again, all against the run-4 UNet; the fifth
 # against the run-7 UNet on the latents with the autoencoder's learned channel 3, as that UNet was trained; the
 # sixth, shorter and at a lower rate, against the run-10 UNet; the seventh likewise, on a noise stream of its
-# own, against the run-11 UNet; the eighth likewise against the run-13 UNet). The file records the UNet run it
-# last trained against (``against_t2i_runs``).
+# own, against the run-11 UNet; the eighth likewise against the run-13 UNet, the ninth against the run-15 one).
+# The file records the UNet run it last trained against (``against_t2i_runs``).
 CONTROLNET_RUNS = (dict(), dict(steps=2000, lr=2e-4, resume=True),
                    dict(images=16000, steps=4500, lr=2e-4, resume=True),
                    dict(images=16000, steps=4500, lr=1.5e-4, resume=True),
                    dict(images=16000, steps=3000, lr=1.5e-4, resume=True, shape_code=True),
                    dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True),
                    dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True, seed=7),
-                   dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True, seed=8))
+                   dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True, seed=8),
+                   dict(images=16000, steps=1500, lr=1e-4, resume=True, shape_code=True, seed=9))
 
 
 def edges_of(images: np.ndarray) -> torch.Tensor:
@@ -103,7 +104,7 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
         previous = common.metadata_of(out)
         net.load_state_dict({k[len("control_model."):]: v.float() for k, v in load_file(str(out)).items()})
     net = net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = common.adamw(net.parameters(), cfg.lr)
     ema = common.EMA(net, cfg.ema)
     ab = alphas_cumprod().to(device)
     captions, rng = Captions(), np.random.default_rng(cfg.seed)

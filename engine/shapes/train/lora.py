@@ -109,7 +109,7 @@ def train_lora(cfg: LoRATraining, device: torch.device, out: Path = LORA, base: 
     for p in params:
         p.requires_grad_(True)
     unet.to(device)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = common.adamw(params, cfg.lr)
     ab = alphas_cumprod().to(device)
     captions, rng = Captions(), np.random.default_rng(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
