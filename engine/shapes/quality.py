@@ -15,7 +15,7 @@ import torch
 from ..executor import Executor
 from ..paths import ROOT
 from .evaluate import background_colour, find_shapes, mask_iou, matches, score_prompt
-from .scene import COLOURS, parse_caption, render, scene_at, shape_masks, with_article
+from .scene import COLOURS, POSITIONS, parse_caption, render, scene_at, shape_masks, with_article
 
 WORKFLOWS = ROOT / "workflows" / "shapes"
 EVAL_SEED = 2
@@ -149,6 +149,26 @@ def controlnet_adherence(n: int = 12, strength: float = 1.0) -> dict:
         colour_ok.append(any(f.colour == colour for f in found))
     return {"edge_iou": round(float(np.mean(edge_ious)), 3), "mask_iou": round(float(np.mean(mask_ious)), 3),
             "prompt_colour": round(float(np.mean(colour_ok)), 3), "samples": n, "strength": strength}
+
+
+def controlnet_stacked_layout(n: int = 12) -> dict:
+    """The stacked-ControlNet example over seeds 0..n-1: the share of samples in which each control scene's shape is
+    drawn on its side of the picture (left or right half) in the colour the prompt gives that kind. The prompt names
+    both shapes without positions, so only the two ControlNets' edges say which goes where."""
+    from ..workflow import load_workflow
+
+    graph = load_workflow(WORKFLOWS / "controlnet_stacked.json", _registry()).graph
+    values = {node.title: node.values for node in graph.nodes.values() if node.title}
+    colour_of = {shape["kind"]: shape["colour"] for shape in parse_caption(values["Positive"]["text"])}
+    wanted = [(shape["kind"], colour_of[shape["kind"]], POSITIONS[shape["position"]][0] < 0.5)
+              for title in ("Control scene A", "Control scene B")
+              for shape in parse_caption(values[title]["description"])]
+    placed = []
+    for seed in range(n):
+        found = find_shapes(run_workflow("controlnet_stacked", {"Sampler": {"seed": seed}}))
+        placed.append(all(any(matches(f, kind, colour) and (f.cx < 0.5) == left for f in found)
+                          for kind, colour, left in wanted))
+    return {"both_placed": round(float(np.mean(placed)), 3), "samples": n}
 
 
 def inpaint_adherence(n: int = 8) -> dict:

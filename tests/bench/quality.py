@@ -12,6 +12,7 @@ For each shipped file it runs the workflow that uses it and scores the images wi
 - SDEdit: the input's layout (silhouette IoU) at strengths 0.15, 0.3, 0.9 while the prompt asks for another
   colour and kind at the opposite position; the prompt's shape found;
 - ControlNet: outline IoU with the control edges (2 px tolerance) and silhouette IoU, with the prompt's colour;
+- stacked ControlNets: each control scene's shape on its side in the prompt's colour for that kind;
 - upscaler: PSNR against the 256 px render, next to bicubic (the baseline);
 - LoRA: stripe energy inside shapes at strength 1 against strength 0 (the baseline);
 - speed: one 128x128 txt2img (20 Euler steps, CFG 6) wall time, warm, next to a 1-step run (fixed cost).
@@ -70,13 +71,14 @@ def main():
         results["sdedit"] = quality.sdedit_follow(n or 8)
     if have["controlnet"]:
         results["controlnet"] = quality.controlnet_adherence(n or 12)
+        results["controlnet_stacked"] = quality.controlnet_stacked_layout(n or 12)
     if have["upscaler"]:
         results["upscaler"] = quality.upscaler_psnr(n=n or 16)
     if have["lora"]:
         results["lora"] = quality.lora_effect(n or 6)
     results["missing"] = [name for name, ok in have.items() if not ok]
     for key, value in results.items():
-        print(f"{key:>14}: {value}")
+        print(f"{key:>18}: {value}")
     print(json.dumps(results))
 
 
