@@ -210,10 +210,21 @@ def test_describe_leaves_words_out_but_never_the_colour_and_kind():
             assert f"{shape.colour} {shape.kind}" in text
 
 
+def test_describe_can_leave_positions_out_on_their_own():
+    """The ControlNet's captions drop positions more often than other words (the edges say where); the same
+    draws decide, so a rate equal to the others' gives the very captions the t2i runs trained on."""
+    scene = next(s for s in (scene_at(common.TRAIN_SEED, i) for i in range(50)) if len(s.shapes) > 1)
+    same = [common.describe(scene, np.random.default_rng(seed), 0.3, 0.3) for seed in range(20)]
+    assert same == [common.describe(scene, np.random.default_rng(seed), 0.3) for seed in range(20)]
+    for seed in range(20):
+        text = common.describe(scene, np.random.default_rng(seed), 0.0, 1.0)
+        assert all(f"{s.size} {s.colour} {s.kind}" in text and s.position not in text for s in scene.shapes), text
+
+
 def test_controlnet_file_loads_for_the_checkpoint(trained):
     work, path = trained
-    out = train_controlnet(replace(ControlNetTraining(), steps=1, images=8, batch=2), CPU, out=work / "cn.safetensors",
-                           base=path, measure_quality=False)
+    cfg = replace(ControlNetTraining(), steps=1, images=8, batch=2, p_drop_positions=0.8, p_partial=0.5)
+    out = train_controlnet(cfg, CPU, out=work / "cn.safetensors", base=path, measure_quality=False)
     control = load_controlnet(out)
     assert control.config.unet.model_channels == ck.UNET_CONFIG.model_channels
     assert control.config.hint_block_channels == (16, 32, 64, 128)
@@ -239,6 +250,26 @@ def test_controlnet_hints_are_what_the_workflows_canny_node_computes():
     image = render(scene_at(12, 0, max_shapes=1), 128)
     assert edges_of(image[None])[0].sum() > 0.5 * outlines(image).sum()
 
+
+def test_partial_hints_outline_some_of_a_scenes_shapes():
+    """What a stacked ControlNet sees: one shape's edges among the several shapes its prompt names."""
+    from engine.shapes.evaluate import outlines
+    from engine.shapes.scene import render
+    from engine.shapes.train.controlnet import edges_of, partial_edges
+    indices = range(16)
+    full = edges_of(common.render_set(common.TRAIN_SEED, indices)).bool()
+    part = partial_edges(common.TRAIN_SEED, indices, pick_seed=0).bool()
+    assert torch.equal(part, partial_edges(common.TRAIN_SEED, indices, pick_seed=0).bool())  # deterministic
+    assert not (part & ~full).any()  # no edge the whole scene lacks
+    for i in indices:
+        scene = scene_at(common.TRAIN_SEED, i)
+        near = [torch.from_numpy(outlines(render(replace(scene, shapes=(s,))))).bool() for s in scene.shapes]
+        near = [torch.nn.functional.max_pool2d(o[None, None].float(), 5, 1, 2)[0, 0].bool() for o in near]
+        outlined = [(part[i] & o).sum() > 0.5 * (full[i] & o).sum() for o in near]
+        if len(scene.shapes) == 1:
+            assert torch.equal(part[i], full[i])
+        else:  # some of the shapes, never none and never all
+            assert 0 < sum(outlined) < len(scene.shapes), (i, outlined)
 
 def test_lora_is_kohya_format_and_matches_every_module(trained):
     work, path = trained

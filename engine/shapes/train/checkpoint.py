@@ -519,9 +519,10 @@ def diffusion_loss(unet, xt, t, noise, context, ab, min_snr, control=None):
     return (weight * (eps.float() - noise).pow(2)).mean()
 
 
-def captions_for(indices, rng: np.random.Generator, cfg: T2ITraining, seed: int = TRAIN_SEED) -> list[str]:
-    return ["" if rng.random() < cfg.p_uncond else common.describe(_scene(seed, int(i)), rng, cfg.p_drop_words)
-            for i in indices]
+def captions_for(indices, rng: np.random.Generator, cfg: T2ITraining, seed: int = TRAIN_SEED,
+                 p_drop_positions: float | None = None) -> list[str]:
+    return ["" if rng.random() < cfg.p_uncond
+            else common.describe(_scene(seed, int(i)), rng, cfg.p_drop_words, p_drop_positions) for i in indices]
 
 
 def focus_repeats(cfg: T2ITraining, seed: int = TRAIN_SEED) -> np.ndarray | None:

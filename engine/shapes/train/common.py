@@ -52,14 +52,15 @@ def render_set(seed: int, indices, size: int = 128, texture: str | None = None) 
     return np.stack([render(scene_at(seed, int(i)), size, texture=texture) for i in indices])
 
 
-def describe(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str:
+def describe(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3, p_drop_position: float | None = None) -> str:
     """A caption of ``scene`` in the generator's words with sizes, positions and the background each
-    left out with probability ``p_drop``, so short prompts ("a red circle") work as well as full ones."""
+    left out with probability ``p_drop``, so short prompts ("a red circle") work as well as full ones.
+    ``p_drop_position``: the positions' own probability instead (the same draws from ``rng`` either way)."""
     parts = []
     for shape in scene.shapes:
         words = [shape.size] if rng.random() >= p_drop else []
         words += [shape.colour, shape.kind]
-        if rng.random() >= p_drop:
+        if rng.random() >= (p_drop if p_drop_position is None else p_drop_position):
             words.append(shape.position)
         phrase = " ".join(words)
         parts.append(with_article(phrase))
@@ -237,7 +238,7 @@ def measure_file(path: Path, kind: str) -> dict:
                  "inpaint": quality.inpaint_adherence(n=8), "sdedit": quality.sdedit_follow(n=8),
                  "autoencoder": quality.autoencoder_ceiling(path=path)}
     elif kind == "controlnet":
-        found = quality.controlnet_adherence(n=8)
+        found = {**quality.controlnet_adherence(n=8), "stacked": quality.controlnet_stacked_layout(n=8)}
     elif kind == "lora":
         found = quality.lora_effect(n=6)
     elif kind == "upscaler":

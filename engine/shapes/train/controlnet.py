@@ -11,7 +11,7 @@ the prompt.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from ...imageops import canny_edges
 from ...models.clip import CLIPTextModel
 from ...models.controlnet import ControlNetConfig, ControlNetModel
 from ...models.unet import UNetModel
+from ..scene import render, scene_at
 from . import common
 from .checkpoint import (CHECKPOINT, UNET_CONFIG, Captions, T2ITraining, alphas_cumprod, captions_for, diffusion_loss,
                          encode_latents, encode_text, load_networks, networks_file, noised, t2i_runs_in)
@@ -39,6 +40,12 @@ class ControlNetTraining:
     lr: float = 3e-4
     p_uncond: float = 0.5
     p_drop_words: float = 0.3
+    # Two options for a ControlNet trained afresh in under an hour to hold up when stacked (controlnet_stacked:
+    # each shape on its own control's side). Neither is enough yet, measured over 12 seeds against t2i run 15 with
+    # 11000 steps of batch 16 (about 50 min): positions dropped at 0.8, 4 of 12 (outline IoU 0.72); with p_partial
+    # 0.4 as well, 5 of 12 (0.69); without either (session 13, 12000 steps) 2 of 12; the shipped chain, 8 of 12.
+    p_drop_positions: float | None = None  # a caption's position words' own drop rate (None: p_drop_words)
+    p_partial: float = 0.0  # share of samples whose hint has only some of the scene's shapes (partial_edges())
     min_snr: float = 5.0
     ema: float = 0.998
     seed: int = 0
@@ -74,6 +81,22 @@ def as_hint(edges: torch.Tensor) -> torch.Tensor:
     return edges.float()[:, None].expand(-1, 3, -1, -1)
 
 
+def partial_edges(seed: int, indices, pick_seed: int) -> torch.Tensor:
+    """Canny maps [N, H, W] of scenes ``indices`` with only some of their shapes: of each scene with two or more, a
+    random non-empty proper subset (a one-shape scene keeps its shape). Stacked ControlNets each see such a map:
+    one shape's edges under a prompt that names every shape, and each must draw the shape its edges outline."""
+    rng = np.random.default_rng(pick_seed)
+    renders = []
+    for i in indices:
+        scene = scene_at(seed, int(i))
+        shapes = scene.shapes
+        if len(shapes) > 1:
+            keep = rng.permutation(len(shapes))[:rng.integers(1, len(shapes))]
+            shapes = tuple(shapes[k] for k in sorted(keep))
+        renders.append(render(replace(scene, shapes=shapes)))
+    return edges_of(np.stack(renders))
+
+
 def load_checkpoint_networks(path: Path, device) -> tuple[UNetModel, CLIPTextModel]:
     """The UNet and text encoder in ``path``, frozen, to train against."""
     unet, clip = load_networks(path)
@@ -97,6 +120,8 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
     latents = encode_latents(TRAIN_SEED, cfg.images, device, shape_code=cfg.shape_code)
     hints = torch.cat([edges_of(common.render_set(TRAIN_SEED, range(s, min(cfg.images, s + 500))))
                        for s in range(0, cfg.images, 500)])
+    partial = partial_edges(TRAIN_SEED, range(cfg.images), cfg.seed) if cfg.p_partial else None
+    pick = np.random.default_rng([cfg.seed, 1])
     net = controlnet_from_unet(unet)
     previous = None
     if cfg.resume:
@@ -114,9 +139,14 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
     for step, idx in enumerate(common.batches(cfg.images, cfg.batch, cfg.steps, cfg.seed)):
         common.set_lr(opt, common.lr_at(step, cfg.steps, cfg.lr))
         index = torch.as_tensor(idx)
-        x0, hint = latents[index.to(device)].float(), as_hint(hints[index].to(device))
+        edges = hints[index]
+        if partial is not None:
+            edges = torch.where(torch.from_numpy(pick.random(len(idx)) < cfg.p_partial)[:, None, None],
+                                partial[index], edges)
+        x0, hint = latents[index.to(device)].float(), as_hint(edges.to(device))
         with torch.no_grad():
-            context = encode_text(clip, captions.batch(captions_for(idx, rng, t2i), device))
+            texts = captions_for(idx, rng, t2i, p_drop_positions=cfg.p_drop_positions)
+            context = encode_text(clip, captions.batch(texts, device))
         t, noise, xt = noised(x0, ab, gen)
         control = net(xt, hint, t.float(), context)
         loss = common.optimise(opt, diffusion_loss(unet, xt, t, noise, context, ab, cfg.min_snr, control=control),
