@@ -86,15 +86,15 @@ def partial_edges(seed: int, indices, pick_seed: int) -> torch.Tensor:
     random non-empty proper subset (a one-shape scene keeps its shape). Stacked ControlNets each see such a map:
     one shape's edges under a prompt that names every shape, and each must draw the shape its edges outline."""
     rng = np.random.default_rng(pick_seed)
-    renders = []
-    for i in indices:
+    maps = []
+    for i in indices:  # one at a time: a set's renders would take 3 times the memory of its maps
         scene = scene_at(seed, int(i))
         shapes = scene.shapes
         if len(shapes) > 1:
             keep = rng.permutation(len(shapes))[:rng.integers(1, len(shapes))]
             shapes = tuple(shapes[k] for k in sorted(keep))
-        renders.append(render(replace(scene, shapes=shapes)))
-    return edges_of(np.stack(renders))
+        maps.append(edges_of(render(replace(scene, shapes=shapes))[None]))
+    return torch.cat(maps)
 
 
 def load_checkpoint_networks(path: Path, device) -> tuple[UNetModel, CLIPTextModel]:
