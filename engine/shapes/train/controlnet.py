@@ -43,7 +43,8 @@ class ControlNetTraining:
     # Two options for a ControlNet trained afresh in under an hour to hold up when stacked (controlnet_stacked:
     # each shape on its own control's side). Neither is enough yet, measured over 12 seeds against t2i run 15 with
     # 11000 steps of batch 16 (about 50 min): positions dropped at 0.8, 4 of 12 (outline IoU 0.72); with p_partial
-    # 0.4 as well, 5 of 12 (0.69); without either (session 13, 12000 steps) 2 of 12; the shipped chain, 8 of 12.
+    # 0.4 as well, 5 of 12 (0.69), or 3 of 12 with 13000 steps of batch 8 (35 min); without either (session 13,
+    # 12000 steps) 2 of 12; the shipped chain, 8 of 12.
     p_drop_positions: float | None = None  # a caption's position words' own drop rate (None: p_drop_words)
     p_partial: float = 0.0  # share of samples whose hint has only some of the scene's shapes (partial_edges())
     min_snr: float = 5.0
