@@ -104,9 +104,10 @@ def test_controlnet_puts_the_shape_where_the_edges_are():
 def test_stacked_controlnets_each_put_their_shape_on_their_side():
     """Two ControlNets, a circle's edges on the left and a square's on the right, under a prompt that names an orange
     circle and a purple square with no positions: each shape lands on its own control's side in its own colour.
-    A ControlNet trained afresh for 55 min (outline IoU 0.73 on single controls) got this in 1 of these 4 seeds,
-    drawing the circle where the square's edges are; the shipped one gets 4."""
-    assert quality.controlnet_stacked_layout(n=4)["both_placed"] >= 0.75
+    The shipped ControlNet gets 6 of these 8 seeds. One trained without the recipe's two stacking options (55 min,
+    outline IoU 0.73 on single controls) got 2 of 12 at strength 0.8, drawing the circle where the square's edges
+    are."""
+    assert quality.controlnet_stacked_layout(n=8)["both_placed"] >= 0.5
 
 
 def test_lora_draws_stripes_at_strength_1_and_not_at_0():

@@ -14,7 +14,7 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=None, help="override the number of steps (quick trials)")
     parser.add_argument("--from-run", type=int, default=1, metavar="K",
-                        help="vae, t2i, controlnet: start at run K of their *_RUNS, from run K-1's weights")
+                        help="vae, t2i: start at run K of their *_RUNS, from run K-1's weights")
     args = parser.parse_args(argv)
     device = common.pick_device(args.device)
     if args.model == "measure":
@@ -43,9 +43,8 @@ def train(model: str, device, steps: int | None = None, from_run: int = 1):
     else:
         from .upscaler import UpscalerTraining as Config, train_upscaler as run
     from .checkpoint import T2I_RUNS, VAE_RUNS
-    from .controlnet import CONTROLNET_RUNS
     out = None
-    runs = {"vae": VAE_RUNS, "t2i": T2I_RUNS, "controlnet": CONTROLNET_RUNS}.get(model, (dict(),))
+    runs = {"vae": VAE_RUNS, "t2i": T2I_RUNS}.get(model, (dict(),))
     for overrides in runs[from_run - 1:]:  # each resumes the one before
         cfg = replace(Config(), **overrides)
         out = run(replace(cfg, steps=steps or cfg.steps), device)
