@@ -1,11 +1,14 @@
 """One training step of the shipped shapes UNet + text encoder (the t2i stage's shapes: batch 32 of 16x16 latents,
-77-token captions), with the optimiser the trainers use (fused AdamW) against PyTorch's default AdamW.
+77-token captions), with the optimiser the trainers use (fused AdamW) against PyTorch's default AdamW; and one
+ControlNet step (batch 16 of 128-pixel hints) with its hint encoder channels-last, as the trainer runs it, against
+the default memory format.
 
 Run: python -m tests.bench.train_step [--repeats 10] [--batch 32] [--threads N]
 
 Prints the median step time of each and their ratio, measured in the same run on the same weights and batch.
 The text encoder's 49,408 x 64 token table is most of its parameters, so the optimiser's own work is a large
-share of a step on a CPU. Times are not asserted.
+share of a step on a CPU; the ControlNet's hint encoder runs at the hint's full resolution, where about half its
+step goes. Times are not asserted.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import torch
 from engine.models.clip import CLIPTextModel
 from engine.models.unet import UNetModel
 from engine.shapes.train import common
-from engine.shapes.train.checkpoint import CLIP_CONFIG, UNET_CONFIG, encode_text
+from engine.shapes.train.checkpoint import CLIP_CONFIG, UNET_CONFIG, alphas_cumprod, diffusion_loss, encode_text
+from engine.shapes.train.controlnet import as_hint, controlnet_from_unet
 
 
 def step_times(make_optimiser, batch: int, repeats: int) -> list[float]:
@@ -37,6 +41,28 @@ def step_times(make_optimiser, batch: int, repeats: int) -> list[float]:
     return times[2:]
 
 
+def controlnet_step_times(channels_last: bool, batch: int, repeats: int) -> list[float]:
+    torch.manual_seed(0)
+    unet, clip = UNetModel(UNET_CONFIG).requires_grad_(False), CLIPTextModel(CLIP_CONFIG).requires_grad_(False)
+    net = controlnet_from_unet(unet)
+    hint = as_hint((torch.rand(batch, 128, 128) > 0.9).to(torch.uint8))
+    if channels_last:
+        net.input_hint_block.to(memory_format=torch.channels_last)
+        hint = hint.contiguous(memory_format=torch.channels_last)
+    params = list(net.parameters())
+    opt = common.adamw(params, 3e-4)
+    xt, noise, t = torch.randn(batch, 4, 16, 16), torch.randn(batch, 4, 16, 16), torch.randint(0, 1000, (batch,))
+    with torch.no_grad():
+        context = encode_text(clip, torch.randint(0, CLIP_CONFIG.vocab_size, (batch, 77)))
+    ab, times = alphas_cumprod(), []
+    for _ in range(repeats + 2):  # two warm-up steps
+        start = time.perf_counter()
+        control = net(xt, hint, t.float(), context)
+        common.optimise(opt, diffusion_loss(unet, xt, t, noise, context, ab, 5.0, control=control), params)
+        times.append(time.perf_counter() - start)
+    return times[2:]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -50,6 +76,10 @@ def main():
     fused = statistics.median(step_times(lambda p: common.adamw(p, 1e-4, weight_decay=0.01), args.batch, args.repeats))
     print(f"t2i step, batch {args.batch}: default AdamW {default:.3f} s, fused (trainers) {fused:.3f} s, "
           f"ratio {default / fused:.2f}x")
+    plain = statistics.median(controlnet_step_times(False, 16, args.repeats))
+    last = statistics.median(controlnet_step_times(True, 16, args.repeats))
+    print(f"ControlNet step, batch 16: hint encoder contiguous {plain:.3f} s, channels-last (trainer) {last:.3f} s, "
+          f"ratio {plain / last:.2f}x")
 
 
 if __name__ == "__main__":
