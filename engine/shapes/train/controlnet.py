@@ -43,7 +43,7 @@ class ControlNetTraining:
     # Two options that make a ControlNet trained afresh in under an hour hold up when stacked (controlnet_stacked:
     # each shape on its own control's side, over 24 seeds at strength 1): positions dropped at 0.8 and hints with
     # only some of a scene's shapes for 0.4 of the samples place both shapes in 12 of 24, as the 9-run chain this
-    # replaced (5.5 h) did in 13. At strength 0.8: these 5 of 12; without either option (12000 steps) 2 of 12;
+    # replaced (5.5 h) did in 13. At strength 0.8 (before channels-last): 5 of 12; without either option 2 of 12;
     # with batch 8 (13000 steps, 35 min) 3 of 12. The chain had outline IoU 0.75 on single controls; this 0.69.
     p_drop_positions: float | None = 0.8  # a caption's position words' own drop rate (None: p_drop_words)
     p_partial: float = 0.4  # share of samples whose hint has only some of the scene's shapes (partial_edges())
