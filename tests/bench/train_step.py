@@ -22,7 +22,7 @@ from engine.models.clip import CLIPTextModel
 from engine.models.unet import UNetModel
 from engine.shapes.train import common
 from engine.shapes.train.checkpoint import CLIP_CONFIG, UNET_CONFIG, alphas_cumprod, diffusion_loss, encode_text
-from engine.shapes.train.controlnet import as_hint, controlnet_from_unet
+from engine.shapes.train.controlnet import as_hint, channels_last, controlnet_from_unet
 
 
 def step_times(make_optimiser, batch: int, repeats: int) -> list[float]:
@@ -41,14 +41,15 @@ def step_times(make_optimiser, batch: int, repeats: int) -> list[float]:
     return times[2:]
 
 
-def controlnet_step_times(channels_last: bool, batch: int, repeats: int) -> list[float]:
+def controlnet_step_times(hints_channels_last: bool, batch: int, repeats: int) -> list[float]:
     torch.manual_seed(0)
     unet, clip = UNetModel(UNET_CONFIG).requires_grad_(False), CLIPTextModel(CLIP_CONFIG).requires_grad_(False)
     net = controlnet_from_unet(unet)
     hint = as_hint((torch.rand(batch, 128, 128) > 0.9).to(torch.uint8))
-    if channels_last:
-        net.input_hint_block.to(memory_format=torch.channels_last)
-        hint = hint.contiguous(memory_format=torch.channels_last)
+    if hints_channels_last:
+        channels_last(net)
+    else:
+        hint = hint.contiguous()
     params = list(net.parameters())
     opt = common.adamw(params, 3e-4)
     xt, noise, t = torch.randn(batch, 4, 16, 16), torch.randn(batch, 4, 16, 16), torch.randint(0, 1000, (batch,))

@@ -65,8 +65,17 @@ def edges_of(images: np.ndarray) -> torch.Tensor:
 
 
 def as_hint(edges: torch.Tensor) -> torch.Tensor:
-    """Canny maps [N, H, W] -> the hint the ControlNet sees: [N, 3, H, W] in 0..1 (the IMAGE's channels)."""
-    return edges.float()[:, None].expand(-1, 3, -1, -1)
+    """Canny maps [N, H, W] -> the hint the ControlNet sees: [N, 3, H, W] in 0..1 (the IMAGE's channels), laid out
+    channels-last for the trainer's hint encoder (:func:`channels_last`)."""
+    return edges.float()[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+
+
+def channels_last(net: ControlNetModel) -> ControlNetModel:
+    """Put ``net``'s hint encoder in channels-last memory format, as the trainer runs it (with :func:`as_hint`'s
+    layout): its full-resolution convolutions are about half a training step's time on a CPU, and channels-last
+    makes the step 1.16-1.27x as fast (tests/bench/train_step.py; the shipped run took 48.5 min against 54.5)."""
+    net.input_hint_block.to(memory_format=torch.channels_last)
+    return net
 
 
 def partial_edges(seed: int, indices, pick_seed: int) -> torch.Tensor:
@@ -116,10 +125,7 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
         from safetensors.torch import load_file
         previous = common.metadata_of(out)
         net.load_state_dict({k[len("control_model."):]: v.float() for k, v in load_file(str(out)).items()})
-    net = net.to(device).train()
-    # The hint encoder's full-resolution convolutions are about half a step's time; channels-last makes the step
-    # 1.16-1.27x as fast on a CPU (tests/bench/train_step.py): the whole run took 48.5 min against 54.5 without.
-    net.input_hint_block.to(memory_format=torch.channels_last)
+    net = channels_last(net.to(device).train())
     opt = common.adamw(net.parameters(), cfg.lr)
     ema = common.EMA(net, cfg.ema)
     ab = alphas_cumprod().to(device)
@@ -134,8 +140,7 @@ def train_controlnet(cfg: ControlNetTraining, device: torch.device, out: Path = 
         if partial is not None:
             edges = torch.where(torch.from_numpy(pick.random(len(idx)) < cfg.p_partial)[:, None, None],
                                 partial[index], edges)
-        x0 = latents[index.to(device)].float()
-        hint = as_hint(edges.to(device)).contiguous(memory_format=torch.channels_last)
+        x0, hint = latents[index.to(device)].float(), as_hint(edges.to(device))
         with torch.no_grad():
             texts = captions_for(idx, rng, t2i, p_drop_positions=cfg.p_drop_positions)
             context = encode_text(clip, captions.batch(texts, device))
