@@ -126,7 +126,7 @@ def test_upscale_workflow_doubles_the_picture():
 
 
 def test_hires_fix_draws_the_prompt_at_twice_the_size():
-    """The hires-fix example (a 128 px pass, its latent upscaled 2x and re-sampled at denoise 0.5) draws at 256 px
+    """The hires-fix example (a 128 px pass, its latent upscaled 2x and re-sampled at denoise 0.4) draws at 256 px
     just what its prompt asks: a red circle on the left and a blue star at the top right. Before the UNet also
     trained on 256-pixel renders, the second pass broke the circle into red lumps and the star into specks."""
     from engine.shapes.evaluate import find_shapes
