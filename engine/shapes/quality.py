@@ -172,19 +172,22 @@ def controlnet_stacked_layout(n: int = 12) -> dict:
 
 
 def inpaint_adherence(n: int = 8) -> dict:
-    """Inpainting workflow: the prompt's shape inside the masked square, and every pixel outside it unchanged."""
+    """Inpainting workflow: the prompt's shape inside the masked square, and every pixel outside it unchanged.
+    The prompts are the first ``n`` held-out ones whose colour is not the input's background (a white shape on
+    the example's white background is there but cannot be seen)."""
     source = run_workflow("inpaint", output="Input scene")
     hole = run_workflow("inpaint", output="Mask") > 127  # the square the workflow re-generates
+    background = background_colour(source)
+    shapes = [s for s in (parse_caption(p)[0] for p in eval_prompts(3 * n)) if s["colour"] != background][:n]
     inside, unchanged = [], []
-    for i, prompt in enumerate(eval_prompts(n)):
-        shape = parse_caption(prompt)[0]
+    for i, shape in enumerate(shapes):
         image = run_workflow("inpaint", {"Positive": {"text": f"a medium {shape['colour']} {shape['kind']} in the center"},
                                          "Sampler": {"seed": i}})
         unchanged.append(bool(np.array_equal(image[~hole], source[~hole])))
         inside.append(any(matches(f, shape["kind"], shape["colour"]) and hole[int(f.cy * 128), int(f.cx * 128)]
                           for f in find_shapes(image)))
     return {"shape_in_mask": round(float(np.mean(inside)), 3), "outside_unchanged": float(np.mean(unchanged)),
-            "samples": n}
+            "samples": len(shapes)}
 
 
 def sdedit_follow(n: int = 8, strengths=(0.15, 0.3, 0.9)) -> dict:
