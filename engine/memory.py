@@ -2,8 +2,9 @@
 
 CUDA, then MPS, then CPU when the choice is ``auto``.  Compute dtype: fp16
 or bf16 on GPUs, on the CPU bf16 where the CPU supports it, else fp32 — never
-fp16 compute on the CPU (about 100x slower there).  ``fp32`` is the reference
-mode that reproduces ComfyUI's CPU pixels.
+fp16 compute on the CPU (about 100x slower there); with ``auto`` on the CPU,
+VAEs compute in fp32 (:attr:`DevicePolicy.vae_dtype`).  ``fp32`` is the
+reference mode that reproduces ComfyUI's CPU pixels.
 """
 from __future__ import annotations
 
@@ -62,9 +63,23 @@ def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 class DevicePolicy:
     device: torch.device
     dtype: torch.dtype
+    # What VAEs compute in (None: ``dtype``). fp32 on the CPU unless bf16 is asked for by name, as ComfyUI has it
+    # there: a VAE is a small share of a run, and bf16 all through it (unlike autocast, which keeps norms and sums
+    # in fp32) moves colours: 25 levels on average for the shipped shapes autoencoder, whose signal rides next to
+    # large constant channels.
+    vae_dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        if self.vae_dtype is None:
+            self.vae_dtype = self.dtype
 
     def describe(self) -> str:
-        return f"{self.device.type} {str(self.dtype).replace('torch.', '')}"
+        name = f"{self.device.type} {_dtype_name(self.dtype)}"
+        return name + (f" (VAE {_dtype_name(self.vae_dtype)})" if self.vae_dtype != self.dtype else "")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 _policy: DevicePolicy | None = None
@@ -74,7 +89,8 @@ def configure(device: str = "auto", precision: str = "auto") -> DevicePolicy:
     """Decide device and dtype once (CLI flags or editor settings)."""
     global _policy
     dev = resolve_device(device)
-    _policy = DevicePolicy(dev, resolve_dtype(dev, precision))
+    vae = torch.float32 if dev.type == "cpu" and precision == "auto" else None
+    _policy = DevicePolicy(dev, resolve_dtype(dev, precision), vae)
     return _policy
 
 

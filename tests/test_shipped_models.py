@@ -33,6 +33,23 @@ def test_every_shipped_file_records_config_generator_and_metrics():
     assert common.metadata_of(UPSCALER)["config"] == NETWORK
 
 
+def test_default_precision_on_the_cpu_decodes_the_shipped_colours():
+    """--precision auto computes in bf16 on a CPU that runs it natively, but VAEs in fp32 (as ComfyUI does on the
+    CPU): bf16 all through the shipped autoencoder turned a dark gray background black, 25 levels off on
+    average. bf16 asked for by name still applies to the VAE."""
+    import torch
+    from engine.shapes.scene import render, scene_at
+    pixels = torch.from_numpy(render(scene_at(7, 0), 128))[None].float() / 255
+    reference = load_checkpoint(CHECKPOINT).vae
+    expected = reference.decode(reference.encode(pixels))
+    memory.configure("cpu", "auto")
+    assert memory.policy().vae_dtype == torch.float32
+    vae = load_checkpoint(CHECKPOINT).vae
+    assert vae.dtype == torch.float32 and torch.equal(vae.decode(vae.encode(pixels)), expected)
+    memory.configure("cpu", "bf16")
+    assert load_checkpoint(CHECKPOINT).vae.dtype == torch.bfloat16
+
+
 def test_checkpoint_is_detected_as_sd1_from_its_shapes():
     ckpt = load_checkpoint(CHECKPOINT)
     assert ckpt.family == "sd1" and ckpt.model.prediction_type == "eps" and ckpt.model.config == UNET_CONFIG

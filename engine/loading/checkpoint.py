@@ -152,7 +152,7 @@ def load_checkpoint(path, output_vae: bool = True, output_clip: bool = True) -> 
         latent_format=SDXL_LATENT if family.startswith("sdxl") else SD15_LATENT,
         device=device, dtype=dtype)
     clip = _load_text_encoders(path, sd, family, device, dtype) if output_clip else None
-    vae = (_load_vae(path, sd.view(VAE_PREFIX), device, dtype, _reopen(path, VAE_PREFIX))
+    vae = (_load_vae(path, sd.view(VAE_PREFIX), device, policy.vae_dtype, _reopen(path, VAE_PREFIX))
            if output_vae and sd.count(VAE_PREFIX) else None)
     return Checkpoint(family, model, clip, vae)
 
@@ -210,4 +210,4 @@ def load_vae_file(path) -> VAE:
     if "decoder.conv_in.weight" not in sd:
         raise WeightsFileError(f"{path.name} is not a VAE: no 'decoder.conv_in.weight'")
     policy = memory.policy()
-    return _load_vae(path, sd, policy.device, policy.dtype, source)
+    return _load_vae(path, sd, policy.device, policy.vae_dtype, source)
