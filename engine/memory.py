@@ -59,19 +59,24 @@ def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return _DTYPES[precision]
 
 
+def resolve_vae_dtype(device: torch.device, precision: str, dtype: torch.dtype) -> torch.dtype:
+    """What VAEs compute in: fp32 on the CPU unless bf16 is asked for by name (ComfyUI's CPU VAE dtype); never
+    fp16, which overflows in SD VAEs (bf16 on GPUs that have it, else fp32); otherwise the compute dtype."""
+    if device.type == "cpu" and precision == "auto":
+        return torch.float32
+    if dtype == torch.float16:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return dtype
+
+
 @dataclass
 class DevicePolicy:
     device: torch.device
     dtype: torch.dtype
-    # What VAEs compute in (None: ``dtype``). fp32 on the CPU unless bf16 is asked for by name, as ComfyUI has it
-    # there: a VAE is a small share of a run, and bf16 all through it (unlike autocast, which keeps norms and sums
-    # in fp32) moves colours: 25 levels on average for the shipped shapes autoencoder, whose signal rides next to
-    # large constant channels.
-    vae_dtype: torch.dtype | None = None
-
-    def __post_init__(self):
-        if self.vae_dtype is None:
-            self.vae_dtype = self.dtype
+    # What VAEs compute in (resolve_vae_dtype). On the CPU bf16 all through a VAE (unlike autocast, which keeps
+    # norms and sums in fp32) moves colours: 25 levels on average for the shipped shapes autoencoder, whose signal
+    # rides next to large constant channels; and a VAE is a small share of a run.
+    vae_dtype: torch.dtype
 
     def describe(self) -> str:
         name = f"{self.device.type} {_dtype_name(self.dtype)}"
@@ -89,8 +94,8 @@ def configure(device: str = "auto", precision: str = "auto") -> DevicePolicy:
     """Decide device and dtype once (CLI flags or editor settings)."""
     global _policy
     dev = resolve_device(device)
-    vae = torch.float32 if dev.type == "cpu" and precision == "auto" else None
-    _policy = DevicePolicy(dev, resolve_dtype(dev, precision), vae)
+    dtype = resolve_dtype(dev, precision)
+    _policy = DevicePolicy(dev, dtype, resolve_vae_dtype(dev, precision, dtype))
     return _policy
 
 

@@ -190,10 +190,8 @@ class _LazyCLIP:
 
 def _load_vae(path: Path, vae_sd, device, dtype, source) -> VAE:
     config = detect_vae_config(ShapeView(vae_sd))
-    vae_dtype = dtype if dtype != torch.float16 else (torch.bfloat16 if device.type == "cuda"
-                                                      and torch.cuda.is_bf16_supported() else torch.float32)
-    ref = memory.ModelRef(_key(path, "vae", vae_dtype, device), _build(AutoencoderKL, config, source, vae_dtype, device))
-    return VAE(ref, device, vae_dtype, downscale=2 ** (len(config.ch_mult) - 1), latent_channels=config.embed_dim)
+    ref = memory.ModelRef(_key(path, "vae", dtype, device), _build(AutoencoderKL, config, source, dtype, device))
+    return VAE(ref, device, dtype, downscale=2 ** (len(config.ch_mult) - 1), latent_channels=config.embed_dim)
 
 
 def load_vae_file(path) -> VAE:
