@@ -8,7 +8,8 @@ For each shipped file it runs the workflow that uses it and scores the images wi
 - hires fix: the same at 256 px, through the hires-fix workflow (same prompts and first-pass seeds as txt2img);
 - background: the plain background a prompt names is the image's, next to how often it is another prompt's (chance);
 - autoencoder: the same found in the VAE round trip of one-shape renders (the ceiling for txt2img);
-- inpainting: the prompt's shape inside the mask; pixels outside it bit-identical to the input;
+- inpainting: the prompt's shape inside the mask; pixels outside it bit-identical to the input; inside it, away
+  from the shapes found, the mean difference from the input (the lighter halo a hard noise mask leaves);
 - SDEdit: the input's layout (silhouette IoU) at strengths 0.15, 0.3, 0.9 while the prompt asks for another
   colour and kind at the opposite position; the prompt's shape found;
 - ControlNet: outline IoU with the control edges (2 px tolerance) and silhouette IoU, with the prompt's colour;
