@@ -97,6 +97,16 @@ def test_inpainting_keeps_every_pixel_outside_the_mask_and_continues_the_backgro
     assert result["background_shift"] < 2.25, result
 
 
+def test_outpainting_keeps_the_input_and_leaves_no_seam():
+    """Left of the feathered band the input is untouched; across its old edge the background runs on (without
+    the Pad node's feathering the new strip met it in a step of 3.4 levels here); the prompt's right-hand shape is
+    drawn in the new strip."""
+    result = quality.outpaint_adherence(n=2)
+    assert result["input_kept"] == 1.0, result
+    assert result["seam_step"] < 1.5, result
+    assert result["new_shape"] > 0, result
+
+
 @pytest.mark.parametrize("name", ["img2img", "sdedit", "outpaint", "hires_fix", "area_composition",
                                   "custom_split_sigmas", "controlnet_stacked"])
 def test_checkpoint_workflows_run(name):

@@ -172,17 +172,31 @@ def controlnet_stacked_layout(n: int = 12) -> dict:
     return {"both_placed": round(float(np.mean(placed)), 3), "samples": n}
 
 
+def workflow_values(name: str) -> dict[str, dict]:
+    """{node title: values} of ``workflows/shapes/<name>.json`` (titled nodes only)."""
+    from ..workflow import load_workflow
+
+    return {n.title: n.values for n in load_workflow(WORKFLOWS / f"{name}.json", _registry()).graph.nodes.values()
+            if n.title}
+
+
 def _inpaint_square() -> np.ndarray:
     """bool [128, 128]: the square the inpaint workflow re-generates (its "Hole" mask where "Mask" places it; the
     feathered mask's outermost pixels are too faint to survive a uint8 image, yet the paste changes them)."""
-    from ..workflow import load_workflow
-
-    nodes = {n.title: n.values for n in load_workflow(WORKFLOWS / "inpaint.json", _registry()).graph.nodes.values()}
-    x, y = nodes["Mask"]["x"], nodes["Mask"]["y"]
-    w, h = nodes["Hole"]["width"], nodes["Hole"]["height"]
+    values = workflow_values("inpaint")
+    x, y = values["Mask"]["x"], values["Mask"]["y"]
+    w, h = values["Hole"]["width"], values["Hole"]["height"]
     square = np.zeros((128, 128), bool)
     square[y:y + h, x:x + w] = True
     return square
+
+
+def _clear_of_shapes(found: list, shape: tuple[int, int], margin: int = 4) -> np.ndarray:
+    """bool mask of the pixels more than ``margin`` px from every found shape: where the background should be."""
+    near = np.zeros(shape, np.uint8)
+    for f in found:
+        near |= f.mask.astype(np.uint8)
+    return ~cv2.dilate(near, np.ones((2 * margin + 1,) * 2, np.uint8)).astype(bool)
 
 
 def inpaint_adherence(n: int = 8) -> dict:
@@ -203,13 +217,35 @@ def inpaint_adherence(n: int = 8) -> dict:
         unchanged.append(bool(np.array_equal(image[~hole], source[~hole])))
         inside.append(any(matches(f, shape["kind"], shape["colour"]) and hole[int(f.cy * 128), int(f.cx * 128)]
                           for f in found))
-        near_shapes = np.zeros(hole.shape, np.uint8)
-        for f in found:
-            near_shapes |= f.mask.astype(np.uint8)
-        clear = hole & ~cv2.dilate(near_shapes, np.ones((9, 9), np.uint8)).astype(bool)
+        clear = hole & _clear_of_shapes(found, hole.shape)
         shift.append(float(np.abs(image[clear].astype(np.float32) - source[clear]).mean()))
     return {"shape_in_mask": round(float(np.mean(inside)), 3), "outside_unchanged": float(np.mean(unchanged)),
             "background_shift": round(float(np.mean(shift)), 2), "samples": len(shapes)}
+
+
+def outpaint_adherence(n: int = 4) -> dict:
+    """Outpainting workflow (the input padded on the right), over seeds 0..n-1 with its own prompt:
+    ``input_kept``: the input's pixels bit-identical left of the feathered band; ``seam_step``: the mean absolute
+    difference (0-255 levels) across the input's old right edge in rows clear of shapes, where a hard seam shows
+    as a step; ``new_shape``: the prompt's shape "on the right" found, in its colour and kind, in the new strip."""
+    values = workflow_values("outpaint")
+    pad, prompt = values["Pad"], values["Positive"]["text"]
+    assert not (pad["left"] or pad["top"] or pad["bottom"]), "outpaint_adherence measures a right-hand strip"
+    source = run_workflow("outpaint", output="Pad")  # the input, padded
+    width = source.shape[1] - pad["right"]
+    kept_columns = width - pad["feathering"]
+    wanted = next(s for s in parse_caption(prompt) if s["position"] == "on the right")
+    kept, step, new_shape = [], [], []
+    for seed in range(n):
+        image = run_workflow("outpaint", {"Sampler": {"seed": seed}})
+        found = find_shapes(image)
+        kept.append(bool(np.array_equal(image[:, :kept_columns], source[:, :kept_columns])))
+        rows = _clear_of_shapes(found, image.shape[:2])[:, width - 8:width + 8].all(axis=1)
+        step.append(float(np.abs(image[rows, width - 1].astype(np.float32) - image[rows, width]).mean()))
+        new_shape.append(any(matches(f, wanted["kind"], wanted["colour"]) and f.cx * image.shape[1] >= width
+                             for f in found))
+    return {"input_kept": float(np.mean(kept)), "seam_step": round(float(np.mean(step)), 2),
+            "new_shape": round(float(np.mean(new_shape)), 3), "samples": n}
 
 
 def sdedit_follow(n: int = 8, strengths=(0.15, 0.3, 0.9)) -> dict:

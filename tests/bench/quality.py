@@ -10,6 +10,8 @@ For each shipped file it runs the workflow that uses it and scores the images wi
 - autoencoder: the same found in the VAE round trip of one-shape renders (the ceiling for txt2img);
 - inpainting: the prompt's shape inside the mask; pixels outside it bit-identical to the input; inside it, away
   from the shapes found, the mean difference from the input (the lighter halo a hard noise mask leaves);
+- outpainting: the input kept left of the feathered band; the step across its old edge (a seam); the prompt's
+  right-hand shape in the new strip;
 - SDEdit: the input's layout (silhouette IoU) at strengths 0.15, 0.3, 0.9 while the prompt asks for another
   colour and kind at the opposite position; the prompt's shape found;
 - ControlNet: outline IoU with the control edges (2 px tolerance) and silhouette IoU, with the prompt's colour;
@@ -69,6 +71,7 @@ def main():
         results["background"] = quality.background_adherence(n or 24)
         results["autoencoder"] = quality.autoencoder_ceiling(n or 96)
         results["inpaint"] = quality.inpaint_adherence(n or 8)
+        results["outpaint"] = quality.outpaint_adherence(n or 8)
         results["sdedit"] = quality.sdedit_follow(n or 8)
     if have["controlnet"]:
         results["controlnet"] = quality.controlnet_adherence(n or 12)
