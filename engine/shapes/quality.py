@@ -181,12 +181,13 @@ def workflow_values(name: str) -> dict[str, dict]:
 
 
 def _inpaint_square() -> np.ndarray:
-    """bool [128, 128]: the square the inpaint workflow re-generates (its "Hole" mask where "Mask" places it; the
-    feathered mask's outermost pixels are too faint to survive a uint8 image, yet the paste changes them)."""
+    """bool [H, W]: the square the inpaint workflow re-generates (its "Hole" mask where "Mask" places it on the
+    "Canvas"; the feathered mask's outermost pixels are too faint to survive a uint8 image, yet the paste changes
+    them)."""
     values = workflow_values("inpaint")
     x, y = values["Mask"]["x"], values["Mask"]["y"]
     w, h = values["Hole"]["width"], values["Hole"]["height"]
-    square = np.zeros((128, 128), bool)
+    square = np.zeros((values["Canvas"]["height"], values["Canvas"]["width"]), bool)
     square[y:y + h, x:x + w] = True
     return square
 
@@ -230,7 +231,8 @@ def outpaint_adherence(n: int = 4) -> dict:
     as a step; ``new_shape``: the prompt's shape "on the right" found, in its colour and kind, in the new strip."""
     values = workflow_values("outpaint")
     pad, prompt = values["Pad"], values["Positive"]["text"]
-    assert not (pad["left"] or pad["top"] or pad["bottom"]), "outpaint_adherence measures a right-hand strip"
+    if pad["left"] or pad["top"] or pad["bottom"]:
+        raise ValueError("outpaint_adherence measures a strip added on the right only")
     source = run_workflow("outpaint", output="Pad")  # the input, padded
     width = source.shape[1] - pad["right"]
     kept_columns = width - pad["feathering"]
@@ -241,7 +243,8 @@ def outpaint_adherence(n: int = 4) -> dict:
         found = find_shapes(image)
         kept.append(bool(np.array_equal(image[:, :kept_columns], source[:, :kept_columns])))
         rows = _clear_of_shapes(found, image.shape[:2])[:, width - 8:width + 8].all(axis=1)
-        step.append(float(np.abs(image[rows, width - 1].astype(np.float32) - image[rows, width]).mean()))
+        if rows.any():  # some rows cross the old edge on background only
+            step.append(float(np.abs(image[rows, width - 1].astype(np.float32) - image[rows, width]).mean()))
         new_shape.append(any(matches(f, wanted["kind"], wanted["colour"]) and f.cx * image.shape[1] >= width
                              for f in found))
     return {"input_kept": float(np.mean(kept)), "seam_step": round(float(np.mean(step)), 2),
