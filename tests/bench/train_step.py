@@ -1,7 +1,7 @@
 """One training step of the shipped shapes UNet + text encoder (the t2i stage's shapes: batch 32 of 16x16 latents,
 77-token captions), with the optimiser the trainers use (fused AdamW) against PyTorch's default AdamW; and one
 ControlNet step (batch 16 of 128-pixel hints) with its hint encoder channels-last, as the trainer runs it, against
-the default memory format.
+the default memory format; and one VAE decoder step in fp32 against bf16 autocast.
 
 Run: python -m tests.bench.train_step [--repeats 10] [--batch 32] [--threads N]
 
@@ -21,7 +21,8 @@ import torch
 from engine.models.clip import CLIPTextModel
 from engine.models.unet import UNetModel
 from engine.shapes.train import common
-from engine.shapes.train.checkpoint import CLIP_CONFIG, UNET_CONFIG, alphas_cumprod, diffusion_loss, encode_text
+from engine.shapes.train.checkpoint import (CLIP_CONFIG, UNET_CONFIG, alphas_cumprod, diffusion_loss, encode_text,
+                                            fixed_encoder_vae)
 from engine.shapes.train.controlnet import as_hint, channels_last, controlnet_from_unet
 
 
@@ -64,6 +65,26 @@ def controlnet_step_times(hints_channels_last: bool, batch: int, repeats: int) -
     return times[2:]
 
 
+def vae_step_times(bf16: bool, repeats: int) -> list[float]:
+    """One decoder step of the VAE trainer (batch 4 of 64-pixel crops, L1 + gradient L1), autocast to bf16 or not."""
+    torch.manual_seed(0)
+    vae = fixed_encoder_vae()
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = common.adamw(params, 3e-4)
+    x, z = torch.rand(4, 3, 64, 64) * 2 - 1, torch.randn(4, 4, 8, 8)
+    times = []
+    for _ in range(repeats + 2):  # two warm-up steps
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = vae.decode(z).float()
+        common.optimise(opt, (y - x).abs().mean(), params)
+        times.append(time.perf_counter() - start)
+    return times[2:]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -81,6 +102,11 @@ def main():
     last = statistics.median(controlnet_step_times(True, 16, args.repeats))
     print(f"ControlNet step, batch 16: hint encoder contiguous {plain:.3f} s, channels-last (trainer) {last:.3f} s, "
           f"ratio {plain / last:.2f}x")
+    fp32 = statistics.median(vae_step_times(False, args.repeats))
+    bf16 = statistics.median(vae_step_times(True, args.repeats))
+    print(f"VAE decoder step, batch 4 of 64 px: fp32 {fp32:.3f} s, bf16 autocast {bf16:.3f} s, ratio {fp32 / bf16:.2f}x "
+          f"(this CPU runs bf16 {'natively' if common.native_bf16(torch.device('cpu')) else 'emulated'}; the trainer "
+          "autocasts only where it is native)")
 
 
 if __name__ == "__main__":

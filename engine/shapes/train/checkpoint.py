@@ -24,7 +24,7 @@ kinds it drew worst seen more often in the last four (``focus``), a quarter of t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,7 +59,9 @@ class VAETraining:
     batch: int = 4
     crop: int = 64  # 8x8 latents: context enough for a shape, a quarter of the cost of whole renders
     lr: float = 5e-4
-    bf16: bool = True  # autocast: half the time of fp32 on a CPU (the fp32 master weights are what is saved)
+    # autocast (the fp32 master weights are what is saved): half the time of fp32 on a CPU that runs bf16 natively
+    # (AVX512-BF16/AMX), several times fp32's on one that emulates it (AVX2), so None: where it is native
+    bf16: bool | None = None
     striped_fraction: float = 0.25
     eval_images: int = 64
     seed: int = 0
@@ -189,6 +191,8 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     """Train the decoder of the block-mean code (the encoder stays as set, so the latents every other stage
     trains on do not depend on this one) to reconstruct sharp renders from posterior samples."""
     out = out or vae_file()
+    if cfg.bf16 is None:
+        cfg = replace(cfg, bf16=common.native_bf16(device))
     common.seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     vae = fixed_encoder_vae(cfg.seed)
