@@ -27,6 +27,13 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def supports_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: faster than fp32 there, where emulated it is many times slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICES:
         raise LoomError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
@@ -50,10 +57,10 @@ def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
         if precision == "fp16":
             raise LoomError("fp16 compute on the CPU is about 100x slower than fp32; use --precision bf16 or fp32")
         if precision == "auto":
-            return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+            return torch.bfloat16 if supports_bf16(device) else torch.float32
         return _DTYPES[precision]
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if supports_bf16(device):
             return torch.bfloat16
         return torch.float16
     return _DTYPES[precision]
@@ -65,7 +72,7 @@ def resolve_vae_dtype(device: torch.device, precision: str, dtype: torch.dtype) 
     if device.type == "cpu" and precision == "auto":
         return torch.float32
     if dtype == torch.float16:
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if supports_bf16(device) else torch.float32
     return dtype
 
 

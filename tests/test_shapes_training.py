@@ -55,7 +55,7 @@ def test_checkpoint_is_an_sd1_file_detected_from_its_shapes(trained):
     assert meta["generator_version"] == "1" and meta["config"]["unet"]["model_channels"] == 32
     assert meta["metrics"]["vae"]["latent_scale_applied"] > 0
     # the VAE autocasts to bf16 only where this CPU runs it natively (emulated, it is several times slower)
-    assert meta["training"]["vae"][0]["bf16"] is memory.cpu_supports_bf16()
+    assert meta["training"]["vae"][0]["bf16"] is memory.supports_bf16(CPU)
 
 
 def test_checkpoint_generates_through_the_sd1_path(trained):

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from engine.memory import supports_bf16
 from engine.models.clip import CLIPTextModel
 from engine.models.unet import UNetModel
 from engine.shapes.train import common
@@ -105,7 +106,7 @@ def main():
     fp32 = statistics.median(vae_step_times(False, args.repeats))
     bf16 = statistics.median(vae_step_times(True, args.repeats))
     print(f"VAE decoder step, batch 4 of 64 px: fp32 {fp32:.3f} s, bf16 autocast {bf16:.3f} s, ratio {fp32 / bf16:.2f}x "
-          f"(this CPU runs bf16 {'natively' if common.native_bf16(torch.device('cpu')) else 'emulated'}; the trainer "
+          f"(this CPU runs bf16 {'natively' if supports_bf16(torch.device('cpu')) else 'emulated'}; the trainer "
           "autocasts only where it is native)")
 
 

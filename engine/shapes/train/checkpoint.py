@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ... import memory
 from ...models.clip import CLIPTextConfig, CLIPTextModel
 from ...models.unet import UNetConfig, UNetModel
 from ...models.vae import AutoencoderKL, VAEConfig
@@ -192,7 +193,7 @@ def train_vae(cfg: VAETraining, device: torch.device, out: Path | None = None, c
     trains on do not depend on this one) to reconstruct sharp renders from posterior samples."""
     out = out or vae_file()
     if cfg.bf16 is None:
-        cfg = replace(cfg, bf16=common.native_bf16(device))
+        cfg = replace(cfg, bf16=memory.supports_bf16(device))
     common.seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     vae = fixed_encoder_vae(cfg.seed)

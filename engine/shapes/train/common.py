@@ -36,14 +36,6 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (so autocast to it is faster than fp32, not slower)."""
-    from ...memory import cpu_supports_bf16
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_supports_bf16()
-
-
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed)
