@@ -59,11 +59,12 @@ def test_checkpoint_is_detected_as_sd1_from_its_shapes():
 
 def test_guidance_makes_samples_follow_the_prompt():
     """At the default CFG the requested colour is drawn in most samples, and colour and kind together clearly
-    more often than without guidance (CFG 1). The issue's goal is colour and kind in 80% of samples; the
-    measured values are in the checkpoint's metadata and tests/bench/quality.py."""
+    more often than without guidance (CFG 1). The issue's goal is colour and kind in 80% of samples: 83% of these
+    24 (85% of 288 in the README); tests/bench/quality.py measures 48. With the examples' Euler sampler before
+    (20 steps, normal sigmas) it was 79% of the 288."""
     guided = quality.txt2img_adherence(n_prompts=24, seeds=1)
     unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=24, seeds=1)
-    assert guided["colour"] >= 0.75 and guided["colour_and_kind"] >= 0.6, guided
+    assert guided["colour"] >= 0.9 and guided["colour_and_kind"] >= 0.75, guided
     assert guided["colour_and_kind"] >= unguided["colour_and_kind"] + 0.1, (guided, unguided)
     hits, samples = zip(*(map(int, v.split("/")) for v in guided["by_kind"].values()))
     assert sum(samples) == 24 and sum(hits) == round(24 * guided["colour_and_kind"])  # the misses, per kind

@@ -18,7 +18,8 @@ For each shipped file it runs the workflow that uses it and scores the images wi
 - stacked ControlNets: each control scene's shape on its side in the prompt's colour for that kind;
 - upscaler: PSNR against the 256 px render, next to bicubic (the baseline);
 - LoRA: stripe energy inside shapes at strength 1 against strength 0 (the baseline);
-- speed: one 128x128 txt2img (20 Euler steps, CFG 6) wall time, warm, next to a 1-step run (fixed cost).
+- speed: one 128x128 txt2img (the example's 20 DPM++ 2M SDE steps on Karras sigmas, CFG 6) wall time, warm,
+  next to a 1-step run (fixed cost).
 A file that is not shipped is reported as missing. Nothing is asserted.
 """
 from __future__ import annotations
