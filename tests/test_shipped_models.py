@@ -64,7 +64,7 @@ def test_guidance_makes_samples_follow_the_prompt():
     (20 steps, normal sigmas) it was 79% of the 288."""
     guided = quality.txt2img_adherence(n_prompts=24, seeds=1)
     unguided = quality.txt2img_adherence(cfg=1.0, n_prompts=24, seeds=1)
-    assert guided["colour"] >= 0.9 and guided["colour_and_kind"] >= 0.75, guided
+    assert guided["colour"] >= 0.9 and guided["colour_and_kind"] >= 0.7, guided
     assert guided["colour_and_kind"] >= unguided["colour_and_kind"] + 0.1, (guided, unguided)
     hits, samples = zip(*(map(int, v.split("/")) for v in guided["by_kind"].values()))
     assert sum(samples) == 24 and sum(hits) == round(24 * guided["colour_and_kind"])  # the misses, per kind
