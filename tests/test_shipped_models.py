@@ -70,6 +70,22 @@ def test_guidance_makes_samples_follow_the_prompt():
     assert sum(samples) == 24 and sum(hits) == round(24 * guided["colour_and_kind"])  # the misses, per kind
 
 
+def test_the_default_workflow_is_the_measured_txt2img_example():
+    """The README's first command and the editor run workflows/default.json; what is measured above is
+    workflows/shapes/txt2img.json. They are the same graph, differing only in the prompt, the file name prefix and
+    the note, so a sampler or size change made to one and not the other fails here."""
+    import json
+
+    from engine.paths import ROOT
+
+    def graph(path):
+        nodes = json.loads(path.read_text())["nodes"]
+        return {n["id"]: (n["type"], n["links"], {k: v for k, v in n["values"].items()
+                                                  if k not in ("text", "filename_prefix")}) for n in nodes}
+
+    assert graph(ROOT / "workflows" / "default.json") == graph(quality.WORKFLOWS / "txt2img.json")
+
+
 def test_the_background_follows_the_prompt():
     """"..., blue background" gives a blue background: the prompt sets it, not the seed's starting noise (the
     checkpoint before offset-noise training drew the same background for every prompt at a given seed)."""
