@@ -136,3 +136,37 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     save_file({k: torch.zeros(v.shape) for k, v in vae.state_dict().items()}, str(tmp_path / "vae_only.safetensors"))
     with pytest.raises(WeightsFileError, match="not a Stable Diffusion checkpoint.*top-level keys found: decoder"):
         load_checkpoint(tmp_path / "vae_only.safetensors")
+
+
+def test_a_cold_run_builds_its_networks_without_random_init_or_the_compiler(tmp_path):
+    """Networks are built on the meta device and filled from the file. Their initialisers used to run there too:
+    nn.Embedding's meta normal_ imported torch._dynamo, about 2 s of the README command's first text encode."""
+    import subprocess
+    import sys
+    path = tmp_path / "tiny.safetensors"
+    make_checkpoint(path, "sd1")
+    script = (f"import sys\nfrom engine.loading.checkpoint import load_checkpoint\nck = load_checkpoint({str(path)!r})\n"
+              "ck.clip.encode('a red circle')\nck.vae.ref.get()\nck.model.unet.get()\n"
+              "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_meta_builds_skip_initialisers_only_inside_and_only_on_their_thread():
+    import threading
+
+    from engine.models.meta import meta_device
+    elsewhere = {}
+
+    def build_on_cpu():
+        with torch.device("cpu"):
+            elsewhere["weight"] = torch.nn.Embedding(1000, 8).weight.detach()
+
+    with meta_device():
+        built = torch.nn.Embedding(1000, 8)
+        thread = threading.Thread(target=build_on_cpu)
+        thread.start()
+        thread.join()
+    assert built.weight.device.type == "meta"
+    assert 0.9 < elsewhere["weight"].std() < 1.1  # another thread's module is initialised as usual
+    assert 0.9 < torch.nn.Embedding(1000, 8).weight.std() < 1.1  # and so is one built afterwards

@@ -27,6 +27,7 @@ import torch
 
 from .. import memory
 from ..models.clip import CLIPTextModel, clip_state_dict, detect_clip_config
+from ..models.meta import meta_device
 from ..models.unet import UNetModel, detect_unet_config
 from ..models.vae import AutoencoderKL, detect_vae_config, vae_from_diffusers_keys
 from ..sampling.schedules import DiscreteSchedule
@@ -117,7 +118,7 @@ def _reopen(path: Path, prefix: str):
 def _build(cls, config, source, dtype, device):
     """A loader for ModelRef: build ``cls`` on the meta device and fill it from ``source()``."""
     def load():
-        with torch.device("meta"):
+        with meta_device():
             module = cls(config)
         load_into(module, source(), dtype=dtype, device=device)
         return module.eval().requires_grad_(False)

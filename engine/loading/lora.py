@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..models.clip import CLIPTextConfig, CLIPTextModel
+from ..models.meta import meta_device
 from ..models.unet import UNetConfig, UNetModel
 from ..sd.patching import Diff, LoHa, LoKr, LoRA, PatchSet
 from .files import load_state_dict
@@ -77,13 +78,13 @@ class LoadedLora:
 
 @functools.cache
 def unet_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
+    with meta_device():
         return {k: tuple(p.shape) for k, p in UNetModel(config).named_parameters()}
 
 
 @functools.cache
 def clip_shapes(config: CLIPTextConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
+    with meta_device():
         return {k: tuple(p.shape) for k, p in CLIPTextModel(config).named_parameters()}
 
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .meta import meta_device
+
 
 @dataclass(frozen=True)
 class CLIPTextConfig:
@@ -265,7 +267,7 @@ def load_clip(
     """Build a CLIPTextModel from a checkpoint's text encoder (detecting the config unless given).
     The parameters share the state dict's tensors (same dtype and device; see `clip_state_dict`)."""
     config = config or detect_clip_config(state_dict, layout, prefix)
-    with torch.device("meta"):
+    with meta_device():
         model = CLIPTextModel(config)
     model.load_state_dict(clip_state_dict(state_dict, layout, prefix), strict=True, assign=True)
     return model.eval()
