@@ -6,11 +6,11 @@ import contextlib
 import torch
 from torch.overrides import TorchFunctionMode
 
-_INITIALISERS = frozenset(
-    [getattr(torch.nn.init, name) for name in (
-        "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
-        "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_") if hasattr(torch.nn.init, name)]
-    + [torch.Tensor.normal_, torch.Tensor.uniform_])
+_init = torch.nn.init
+_INITIALISERS = frozenset((
+    _init.uniform_, _init.normal_, _init.trunc_normal_, _init.constant_, _init.ones_, _init.zeros_, _init.eye_,
+    _init.dirac_, _init.xavier_uniform_, _init.xavier_normal_, _init.kaiming_uniform_, _init.kaiming_normal_,
+    _init.orthogonal_, _init.sparse_, torch.Tensor.normal_, torch.Tensor.uniform_))
 
 
 class _SkipInitialisers(TorchFunctionMode):
